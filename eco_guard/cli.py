@@ -1,0 +1,342 @@
+"""The ``eco-guard`` command (DESIGN section 6).
+
+Contract: stdout carries only the result, so output can be piped; progress and
+diagnostics go to stderr. Exit codes: 0 ok, 2 bad input or policy (the message says
+what and where), 1 internal error. No traceback reaches the user unless
+``ECO_GUARD_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import EcoGuardError, InputError
+
+DEFAULT_MAX_NEW_TOKENS = 128
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter off the terminal; our own progress goes to stderr."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        pass
+
+
+def _emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- input files
+
+
+def read_jsonl_inputs(path: Path, field: str) -> list[tuple[Any, str]]:
+    """Read ``(id, text)`` pairs from a JSONL file, validating every line first.
+
+    The whole file is checked before any work starts, so a bad line 9,000 never costs an
+    hour of generation, and nothing is written for a file that is not usable.
+    """
+    if not path.is_file():
+        raise InputError(f"{path}: input file not found")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path}, line {line}: not valid UTF-8 (byte offset {exc.start}); re-encode the file as UTF-8") from exc
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    if not lines:
+        raise InputError(f"{path}: the input file is empty")
+    rows: list[tuple[Any, str]] = []
+    for n, line in enumerate(lines, start=1):
+        where = f"{path}, line {n}"
+        if not line.strip():
+            raise InputError(f"{where}: empty line; every line must be a JSON object with a {field!r} field")
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        if isinstance(obj, str):
+            value: Any = obj
+            row_id: Any = n
+        elif isinstance(obj, dict):
+            if field not in obj:
+                raise InputError(f"{where}: missing field {field!r} (use --field to name another)")
+            value = obj[field]
+            row_id = obj.get("id", n)
+        else:
+            raise InputError(f"{where}: expected a JSON object or string, got {type(obj).__name__}")
+        if not isinstance(value, str):
+            raise InputError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
+        if not value.strip():
+            raise InputError(f"{where}: field {field!r} is empty")
+        rows.append((row_id, value))
+    return rows
+
+
+def _write_jsonl_atomic(path: Path, records: Iterator[dict[str, Any]]) -> int:
+    """Write records to a temporary file and rename it into place when all succeeded,
+    so an interrupted run never leaves a truncated output that looks complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                count += 1
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="row", file=sys.stderr, disable=total < 64 or None)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _load_guard(args: argparse.Namespace) -> Any:
+    from .guard import Guard
+
+    return Guard.load(args.guard, progress=True)
+
+
+def _decision_row(row_id: Any, d: Any) -> dict[str, Any]:
+    return {"id": row_id, "flagged": d.flagged, "target": d.target, "score": d.score, "threshold": d.threshold}
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .fitting import fit_guard
+
+    summary = fit_guard(args.policy, args.out, seed=args.seed, progress=True)
+    _emit({"out": str(summary.out_dir), "seconds": round(summary.seconds, 2), "targets": summary.targets})
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    if (args.text is None) == (args.input is None):
+        raise InputError("check: give either one TEXT or --input IN.jsonl --output OUT.jsonl")
+    if args.input is not None and args.output is None:
+        raise InputError("check: --input needs --output OUT.jsonl")
+    if args.text is not None and not args.text.strip():
+        raise InputError("check: TEXT is empty")
+    rows = read_jsonl_inputs(Path(args.input), args.field) if args.input else []
+    guard = _load_guard(args)
+    if args.text is not None:
+        _emit(guard.check(args.text).to_dict())
+        return 0
+
+    def records() -> Iterator[dict[str, Any]]:
+        with _progress(len(rows), "check") as bar:
+            for chunk in _chunks(rows, 256):
+                for (row_id, _), d in zip(chunk, guard.check_batch([t for _, t in chunk])):
+                    yield _decision_row(row_id, d)
+                bar.update(len(chunk))
+
+    n = _write_jsonl_atomic(Path(args.output), records())
+    print(f"eco-guard check: wrote {n} decisions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .runner.base import GenerationOptions
+
+    if (args.text is None) == (args.input is None):
+        raise InputError("generate: give either one PROMPT or --input IN.jsonl --output OUT.jsonl")
+    if args.input is not None and args.output is None:
+        raise InputError("generate: --input needs --output OUT.jsonl")
+    if args.text is not None and not args.text.strip():
+        raise InputError("generate: PROMPT is empty")
+    if args.batch_size < 1:
+        raise InputError("generate: --batch-size must be at least 1")
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens)
+    rows = read_jsonl_inputs(Path(args.input), args.field) if args.input else [(1, args.text)]
+    guard = _load_guard(args)
+
+    def answer(chunk: Sequence[tuple[Any, str]]) -> list[dict[str, Any]]:
+        prompts = [t for _, t in chunk]
+        if args.no_guard:
+            # The bare model; decisions are still computed so comparisons can see what
+            # the guard would have done, but they do not change the answers.
+            decisions = guard.check_batch(prompts, audit=False)
+            texts = guard.runner.generate(prompts, None, options=options)
+        else:
+            results = guard.batch(prompts, options)
+            decisions = [r.decision for r in results]
+            texts = [r.text for r in results]
+        return [
+            {**_decision_row(row_id, d), "text": text, "action": "pass" if args.no_guard else d.action, "guarded": not args.no_guard}
+            for (row_id, _), d, text in zip(chunk, decisions, texts)
+        ]
+
+    if args.text is not None:
+        rec = answer(rows)[0]
+        rec.pop("id")
+        _emit(rec)
+        return 0
+
+    def records() -> Iterator[dict[str, Any]]:
+        with _progress(len(rows), "generate") as bar:
+            for chunk in _chunks(rows, args.batch_size):
+                yield from answer(chunk)
+                bar.update(len(chunk))
+
+    n = _write_jsonl_atomic(Path(args.output), records())
+    print(f"eco-guard generate: wrote {n} answers to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .runner.base import GenerationOptions
+
+    guard = _load_guard(args)
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens)
+    history: list[dict[str, str]] = []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("eco-guard chat: type a message; /reset clears the conversation, /exit quits.", file=sys.stderr)
+    while True:
+        if interactive:
+            print("you> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        msg = line.strip()
+        if not msg:
+            continue
+        if msg in ("/exit", "/quit"):
+            return 0
+        if msg == "/reset":
+            history.clear()
+            continue
+        history.append({"role": "user", "content": msg})
+        stream = guard.stream(history, options)
+        d = stream.decision
+        tag = f"[{d.action}{' ' + d.target if d.target else ''} score={d.score:.3f} thr={d.threshold:.3f}]"
+        print(tag, file=sys.stderr, flush=True)
+        pieces: list[str] = []
+        for piece in stream:
+            pieces.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": "".join(pieces)})
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(out_dir=Path(args.out) if args.out else None, max_new_tokens=args.max_new_tokens)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eco-guard",
+        description="Inference-time unlearning guardrail: Embedding-COrrupted (ECO) prompts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="self-contained tour on the bundled models")
+    p.add_argument("--out", help="keep the demo policy and fitted guard in this directory")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("fit", help="fit a policy into a guard directory")
+    p.add_argument("policy", help="policy YAML file")
+    p.add_argument("--out", required=True, help="output guard directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_fit)
+
+    def guard_arg(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--guard", required=True, help="fitted guard directory (from `eco-guard fit`)")
+
+    p = sub.add_parser("check", help="classify text without generating")
+    guard_arg(p)
+    p.add_argument("text", nargs="?", help="one text to check")
+    p.add_argument("--input", help="JSONL file, one object per line")
+    p.add_argument("--output", help="JSONL file to write, one decision per input line")
+    p.add_argument("--field", default="text", help="input field holding the text (default: text)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("generate", help="answer prompts through the guard")
+    guard_arg(p)
+    p.add_argument("text", nargs="?", help="one prompt")
+    p.add_argument("--input", help="JSONL file, one object per line")
+    p.add_argument("--output", help="JSONL file to write, one answer per input line")
+    p.add_argument("--field", default="text", help="input field holding the prompt (default: text)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-guard", action="store_true", help="answer every prompt with the bare model (reference)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive guarded chat")
+    guard_arg(p)
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    p.set_defaults(func=cmd_chat)
+
+    return parser
+
+
+def run(argv: Sequence[str] | None = None, *, handler: Callable[[argparse.Namespace], int] | None = None) -> int:
+    """Parse and run; return the exit code (used by tests and by :func:`main`)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return (handler or args.func)(args)
+    except EcoGuardError as exc:
+        print(f"eco-guard {args.command}: error: {exc}", file=sys.stderr)
+        if os.environ.get("ECO_GUARD_DEBUG"):
+            traceback.print_exc()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"eco-guard {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no tracebacks for users
+        print(
+            f"eco-guard {args.command}: internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in eco-guard; re-run with ECO_GUARD_DEBUG=1 for a traceback and report it.",
+            file=sys.stderr,
+        )
+        if os.environ.get("ECO_GUARD_DEBUG"):
+            traceback.print_exc()
+        return 1
+
+
+def main() -> None:
+    sys.exit(run())

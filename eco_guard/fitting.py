@@ -1,0 +1,196 @@
+"""``eco-guard fit``: from a policy file to a fitted-guard directory.
+
+Fitting is deterministic for a given policy, data and seed: the classifier split and
+solver are seeded, corruption parameters are derived from the seed, and nothing reads
+the clock or global random state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .artifact import FittedTarget, write_guard
+from .classifier import Classifier, Encoder, TargetData, resolve_encoder_path
+from .corruption import Corruption
+from .examples import Example, load_examples
+from .policy import LoadedPolicy, TargetSpec, load_policy, policy_to_dict
+from .report import write_fit_report
+from .runner.base import MaskSpec
+from .runner.store import resolve_model
+
+#: ``strength: auto`` for the noise methods, until a target is optimised: the noise
+#: std per corrupted dimension is this many embedding stds, scaled by sqrt(D / dims)
+#: so that the total noise energy per token is the same whatever ``dims`` is. At 2x
+#: the answers of SmolLM2-135M stay fluent but lose the prompt's facts (DESIGN §7).
+AUTO_NOISE_SCALE = 2.0
+
+
+@dataclass(frozen=True)
+class EmbeddingStats:
+    """What the default strength needs to know about the model's embedding table."""
+
+    std: float
+    dim: int
+
+
+@dataclass(frozen=True)
+class FitSummary:
+    """What ``fit`` wrote, for the CLI to print."""
+
+    out_dir: Path
+    targets: list[dict[str, Any]]
+    seconds: float
+
+
+def default_strength(method: str, dims: int, stats: EmbeddingStats) -> float:
+    """The documented value of ``strength: auto`` before optimisation."""
+    if not method.startswith("rand_noise"):
+        return 0.0  # zero_out / flip_sign are parameterised by dims alone
+    dims = min(dims, stats.dim)
+    return float(AUTO_NOISE_SCALE * stats.std * math.sqrt(stats.dim / dims))
+
+
+def _digest(examples: list[Example]) -> str:
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(ex.text.encode("utf-8"))
+        h.update(b"\x00")
+        h.update((ex.answer or "").encode("utf-8"))
+        h.update(b"\x01")
+    return "sha256:" + h.hexdigest()
+
+
+def _target_seed(seed: int, target_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}|{target_id}".encode()).digest()[:4], "little")
+
+
+def _resolved_policy(loaded: LoadedPolicy) -> dict[str, Any]:
+    """The policy with every relative path made absolute, so the guard directory does
+    not depend on the working directory it is loaded from."""
+    doc = policy_to_dict(loaded.policy)
+    if doc["model"]["path"] != "default":
+        doc["model"]["path"] = str(loaded.resolve(doc["model"]["path"]))
+    if doc["classifier"]["encoder"] != "default":
+        doc["classifier"]["encoder"] = str(loaded.resolve(doc["classifier"]["encoder"]))
+    if doc["audit"].get("path"):
+        doc["audit"]["path"] = str(loaded.resolve(doc["audit"]["path"]))
+    for t in doc["targets"]:
+        for key in ("forget", "retain"):
+            src = t.get(key)
+            if src and src.get("file"):
+                src["file"] = str(loaded.resolve(src["file"]))
+    return doc
+
+
+def _embedding_stats(loaded: LoadedPolicy, progress: bool) -> EmbeddingStats:
+    """Read the runner's embedding table once (this also proves the model loads)."""
+    from .runner.transformers_runner import TransformersRunner
+
+    m = loaded.policy.model
+    runner = TransformersRunner.load(m.path, device=m.device, dtype=m.dtype, base_dir=loaded.base_dir, progress=progress)
+    weight = runner.model.get_input_embeddings().weight
+    return EmbeddingStats(std=float(weight.float().std()), dim=int(weight.shape[1]))
+
+
+def _fit_corruption(spec: TargetSpec, seed: int, stats: EmbeddingStats | None) -> FittedTarget:
+    c = spec.corruption
+    if c.strength == "auto":
+        assert stats is not None
+        strength, source = default_strength(c.method, c.dims, stats), "auto-default"
+    else:
+        strength, source = float(c.strength), "policy"
+    corruption = Corruption(method=c.method, dims=c.dims, strength=strength, seed=_target_seed(seed, spec.id))
+    return FittedTarget(spec.id, corruption, MaskSpec(scope=c.scope, terms=tuple(c.terms)), source)
+
+
+def fit_guard(policy_path: str | Path, out_dir: str | Path, *, seed: int = 0, progress: bool = True) -> FitSummary:
+    """Fit the policy at ``policy_path`` and write the guard into ``out_dir``."""
+    start = time.perf_counter()
+    loaded = load_policy(policy_path)
+    policy = loaded.policy
+    out = Path(out_dir)
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"eco-guard fit: {msg}", file=sys.stderr)
+
+    say(f"reading examples for {len(policy.targets)} target(s)")
+    forgets: list[list[Example]] = []
+    retains: list[list[Example]] = []
+    for i, t in enumerate(policy.targets):
+        forgets.append(load_examples(t.forget, loaded=loaded, key=f"targets[{i}].forget", required=True))
+        retains.append(
+            load_examples(t.retain, loaded=loaded, key=f"targets[{i}].retain", required=False) if t.retain else []
+        )
+    # Fail early on a bad model reference, before spending time on the classifier.
+    resolve_model(policy.model.path, loaded.base_dir, progress=progress)
+    encoder = Encoder(resolve_encoder_path(policy.classifier.encoder, loaded.base_dir))
+    say(f"fitting the classifier ({encoder.name}, target FPR {policy.classifier.target_fpr})")
+    data = [
+        TargetData(id=t.id, forget=[e.text for e in f], retain=[e.text for e in r])
+        for t, f, r in zip(policy.targets, forgets, retains)
+    ]
+    classifier, fits = Classifier.fit(encoder, data, target_fpr=policy.classifier.target_fpr, seed=seed, progress=progress)
+    for fit in fits:
+        if not fit.calibration.achievable:
+            say(f"warning: target {fit.id!r}: {fit.calibration.note}")
+    needs_stats = any(t.action == "corrupt" and t.corruption.strength == "auto" for t in policy.targets)
+    stats = _embedding_stats(loaded, progress) if needs_stats else None
+    fitted = [_fit_corruption(t, seed, stats) for t in policy.targets]
+    data_record = [
+        {
+            "id": t.id,
+            "n_forget": len(f),
+            "forget_sha256": _digest(f),
+            "n_retain": len(r),
+            "retain_sha256": _digest(r),
+        }
+        for t, f, r in zip(policy.targets, forgets, retains)
+    ]
+    write_guard(
+        out,
+        loaded=loaded,
+        resolved_policy=_resolved_policy(loaded),
+        classifier=classifier,
+        fitted=fitted,
+        data=data_record,
+        seed=seed,
+    )
+    # Scores on the fit data, for the report's histograms: in-sample, and labelled so.
+    fit_scores = {
+        t.id: {
+            "forget": classifier.score([e.text for e in f])[:, i].tolist(),
+            "retain": classifier.score([e.text for e in r])[:, i].tolist() if r else [],
+        }
+        for i, (t, f, r) in enumerate(zip(policy.targets, forgets, retains))
+    }
+    summary_targets = [
+        {
+            "id": fit.id,
+            "action": spec.action,
+            "n_forget": fit.n_forget,
+            "n_retain_train": fit.n_retain_train,
+            "n_background_train": fit.n_background_train,
+            "n_calibration": fit.calibration.n_calibration,
+            "threshold": fit.calibration.threshold,
+            "target_fpr": fit.calibration.target_fpr,
+            "calibration_achievable": fit.calibration.achievable,
+            "calibration_note": fit.calibration.note,
+            "train_auc": fit.train_auc,
+            "corruption": ft.corruption.to_dict(),
+            "scope": ft.mask.scope,
+            "strength_source": ft.strength_source,
+        }
+        for fit, spec, ft in zip(fits, policy.targets, fitted)
+    ]
+    seconds = time.perf_counter() - start
+    write_fit_report(out, summary_targets, fit_scores, seconds=seconds, seed=seed)
+    say(f"wrote {out} in {seconds:.1f} s")
+    return FitSummary(out, summary_targets, seconds)
+

