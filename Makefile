@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.eco-guard-installed
-EXTRAS := dev
+EXTRAS := dev,server,langchain,llamaindex
 
 .PHONY: install demo test test-fast bench clean
 

@@ -101,7 +101,7 @@ def _embedding_stats(loaded: LoadedPolicy, progress: bool) -> EmbeddingStats:
 def _fit_corruption(spec: TargetSpec, seed: int, stats: EmbeddingStats | None) -> FittedTarget:
     c = spec.corruption
     if c.strength == "auto":
-        assert stats is not None
+        assert stats is not None, "fit_guard loads embedding stats whenever a strength is auto"
         strength, source = default_strength(c.method, c.dims, stats), "auto-default"
     else:
         strength, source = float(c.strength), "policy"
@@ -140,7 +140,7 @@ def fit_guard(policy_path: str | Path, out_dir: str | Path, *, seed: int = 0, pr
     for fit in fits:
         if not fit.calibration.achievable:
             say(f"warning: target {fit.id!r}: {fit.calibration.note}")
-    needs_stats = any(t.action == "corrupt" and t.corruption.strength == "auto" for t in policy.targets)
+    needs_stats = any(t.corruption.strength == "auto" for t in policy.targets)
     stats = _embedding_stats(loaded, progress) if needs_stats else None
     fitted = [_fit_corruption(t, seed, stats) for t in policy.targets]
     data_record = [

@@ -77,7 +77,9 @@ def write_fit_report(
     lines += [
         "",
         "A prompt is flagged when its score is strictly above the target's threshold. "
-        "Thresholds are set by split conformal calibration on held-out negatives the head was not trained on.",
+        "One threshold is shared by all targets: split conformal calibration of the maximum score over targets "
+        "on held-out negatives no head was trained on, so `target FPR` bounds the rate at which a negative is "
+        "flagged by any target.",
         "",
         f"![score histograms]({plot})",
         "",

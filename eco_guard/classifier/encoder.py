@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from eco_guard.errors import InputError, ModelLoadError
 
@@ -76,10 +77,15 @@ class Encoder:
 
     def __init__(self, path: Path, device: str = "cpu") -> None:
         _check_model_dir(path)
-        # Models are bundled; a hub lookup would only add latency or leak the path.
+        # Models are bundled: a hub lookup would add latency or, for a mistyped local path that
+        # happens to be a repo id, silently download another model. Set before the import so
+        # huggingface_hub, which reads it once at import time, sees it too.
         os.environ["HF_HUB_OFFLINE"] = "1"
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a load bar per start is noise on every CLI call
         try:
-            import torch
             from sentence_transformers import SentenceTransformer
 
             model = SentenceTransformer(str(path), device=device, local_files_only=True)
@@ -87,9 +93,11 @@ class Encoder:
             dim = model.get_embedding_dimension()
         except Exception as exc:  # any failure here means "this directory is not a usable encoder"
             raise ModelLoadError(f"cannot load encoder from {str(path)!r}: {exc}. {_INSTALL_HINT}") from exc
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         if not dim:
             raise ModelLoadError(f"encoder at {str(path)!r} does not report an embedding dimension")
-        self._torch = torch
         self._model: SentenceTransformer = model
         self._device = model.device
         self._dim = int(dim)
@@ -146,7 +154,6 @@ class Encoder:
 
     def _forward(self, batch: list[str]) -> np.ndarray:
         """One tokenise + forward pass; normalised here because not every model dir ends in Normalize."""
-        torch = self._torch
         with self._tokenize_lock:
             features = self._model.preprocess(batch, prompt=self._prompt)
         features = {k: v.to(self._device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}

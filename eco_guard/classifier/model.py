@@ -2,9 +2,9 @@
 
 Heads are tiny (``dim + 1`` numbers each), so a decision costs one encoder forward plus
 a ``[dim, n_targets]`` matrix product, and fitting a policy takes seconds. What makes the
-scores usable is the threshold: each head's threshold is calibrated by split conformal
-prediction on negatives the head never saw, so "flag when score > threshold" comes with a
-stated false-positive rate (see :mod:`eco_guard.classifier.calibration`).
+scores usable is the threshold: it is calibrated by split conformal prediction on
+negatives no head saw, so "flag when score > threshold" comes with a stated
+false-positive rate (see :mod:`eco_guard.classifier.calibration` and :meth:`Classifier.fit`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import warnings
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,11 @@ class TargetData:
 
 @dataclass(frozen=True)
 class TargetFit:
-    """What fitting one head used and achieved, for the fit report."""
+    """What fitting one head used and achieved, for the fit report.
+
+    ``n_calibration`` and ``calibration`` describe the threshold shared by all heads
+    (see :meth:`Classifier.fit`), so they are the same for every target of one fit.
+    """
 
     id: str
     n_forget: int
@@ -84,9 +88,10 @@ class Verdict:
 
 
 class Classifier:
-    """Per-target logistic heads over encoder embeddings, each with a conformal threshold.
+    """Per-target logistic heads over encoder embeddings, with conformally calibrated thresholds.
 
-    Immutable after construction, so one instance can serve many threads. Scores are
+    Thresholds are stored per target (``fit`` sets them all to one jointly calibrated
+    value, see there). Immutable after construction, so one instance can serve many threads. Scores are
     sigmoid outputs in [0, 1] of heads trained with balanced class weights: they rank
     prompts but are not calibrated probabilities; the thresholds carry the calibration.
     Decision rule: a target is flagged when ``score > threshold`` (strict).
@@ -159,15 +164,16 @@ class Classifier:
         """Apply the thresholds; when several targets fire, report the one furthest above its threshold.
 
         The margin (score - threshold) rather than the raw score picks the target because
-        thresholds differ per head: a 0.9 on a strict head can be weaker evidence than a
-        0.6 on a lenient one.
+        thresholds may differ per head (``fit`` shares one, but a classifier can be built
+        with its own): a 0.9 on a strict head can be weaker evidence than a 0.6 on a
+        lenient one.
         """
         scores = np.asarray(scores, dtype=np.float64)
         if scores.ndim != 2 or scores.shape[1] != len(self._target_ids):
             raise InputError(f"expected scores of shape [n, {len(self._target_ids)}], got {scores.shape}")
         flagged = scores > self._thresholds
         margins = np.where(flagged, scores - self._thresholds, -np.inf)
-        verdicts = []
+        verdicts: list[Verdict] = []
         for row in range(scores.shape[0]):
             if flagged[row].any():
                 i = int(np.argmax(margins[row]))
@@ -238,13 +244,22 @@ class Classifier:
         background: Sequence[str] | None = None,
         progress: bool = True,
     ) -> tuple[Classifier, list[TargetFit]]:
-        """Fit one head per target and calibrate its threshold on held-out negatives.
+        """Fit one head per target, then calibrate one threshold for all of them.
 
-        Negatives for a target are its retain texts, the other targets' forget texts and
-        the background prompts. Half of the retain texts and half of the background are
-        held out for calibration (never trained on), so the threshold's false-positive
-        guarantee is about prompts the head has not memorised. Splits are seeded per
-        target id, so reordering or adding targets does not change another target's split.
+        Negatives for a target's head are its retain texts, the other targets' forget texts
+        and the background prompts. Half of every target's retain texts and half of the
+        background are held out: no head trains on them. Splits are seeded per target id,
+        so reordering or adding targets does not change another target's split.
+
+        The threshold is calibrated on the pooled held-out negatives with the *max score
+        over targets* as the conformal score, and shared by every head. A prompt counts as
+        flagged when any target flags it, so this is what makes ``target_fpr`` bound the
+        rate at which a negative is flagged at all. Per-target thresholds at ``target_fpr``
+        each would let n targets flag up to n times that rate, and thresholds fitted only
+        on a target's own retain examples ignore the near neighbours other targets name.
+        On the TOFU few-shot protocol (20 targets, D3 in DESIGN.md) the per-target scheme
+        flagged 9% of MMLU and 98% of held-out TOFU retain questions, the joint one 0% and
+        3%, at 96% recall. With one target the two schemes are the same.
         """
         targets = list(targets)
         _validate_targets(targets)
@@ -263,60 +278,63 @@ class Classifier:
         bg_cal = [bg[i] for i in bg_order[:n_bg_cal]]
         bg_train = [bg[i] for i in bg_order[n_bg_cal:]]
 
-        plans = [_plan_target(t, targets, bg_train, bg_cal, seed) for t in targets]
+        plans = [_plan_target(t, targets, bg_train, seed) for t in targets]
+        # Held out from every head: no text any head trains on may calibrate the shared threshold.
+        trained = {s for plan in plans for s in plan.train_texts}
+        pool = [s for s in _unique([s for plan in plans for s in plan.retain_cal] + bg_cal) if s not in trained]
+        if not pool:
+            raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
+
         weights = np.zeros((len(targets), encoder.dim))
         bias = np.zeros(len(targets))
         for i, plan in enumerate(tqdm(plans, desc="fitting heads", unit="target", disable=not progress, file=sys.stderr)):
-            x = emb[[row_of[s] for s in plan.train_texts]]
             head = LogisticRegression(C=_C, class_weight="balanced", max_iter=5000)
-            head.fit(x, plan.train_labels)
+            head.fit(emb[[row_of[s] for s in plan.train_texts]], plan.train_labels)
             weights[i] = head.coef_[0]
             bias[i] = head.intercept_[0]
 
         # Calibrate with the exact scoring code used at run time, so a calibration score and
         # a live score of the same embedding are bit-identical.
         all_scores = _head_scores(emb, weights, bias)
-        thresholds = np.zeros(len(targets))
-        fits = []
-        for i, (target, plan) in enumerate(zip(targets, plans)):
-            cal = conformal_threshold(all_scores[[row_of[s] for s in plan.cal_texts], i], target_fpr)
-            thresholds[i] = cal.threshold
-            train_scores = all_scores[[row_of[s] for s in plan.train_texts], i]
-            fits.append(
-                TargetFit(
-                    id=target.id,
-                    n_forget=plan.n_forget,
-                    n_retain_train=plan.n_retain_train,
-                    n_background_train=plan.n_background_train,
-                    n_calibration=len(plan.cal_texts),
-                    calibration=cal,
-                    train_auc=float(roc_auc_score(plan.train_labels, train_scores)),
-                )
+        joint = conformal_threshold(all_scores[[row_of[s] for s in pool]].max(axis=1), target_fpr)
+        calibration = replace(
+            joint,
+            note=f"one threshold shared by all {len(targets)} targets, calibrated on the max score over targets, "
+            f"so the rate bounds a prompt being flagged by any target; {joint.note}",
+        )
+        fits = [
+            TargetFit(
+                id=target.id,
+                n_forget=plan.n_forget,
+                n_retain_train=plan.n_retain_train,
+                n_background_train=plan.n_background_train,
+                n_calibration=len(pool),
+                calibration=calibration,
+                train_auc=float(roc_auc_score(plan.train_labels, all_scores[[row_of[s] for s in plan.train_texts], i])),
             )
-        classifier = cls(encoder, [t.id for t in targets], weights, bias, thresholds)
-        return classifier, fits
+            for i, (target, plan) in enumerate(zip(targets, plans))
+        ]
+        thresholds = np.full(len(targets), calibration.threshold)
+        return cls(encoder, [t.id for t in targets], weights, bias, thresholds), fits
 
 
 @dataclass(frozen=True)
 class _TargetPlan:
-    """Which texts train and which calibrate one head; computed before any fitting."""
+    """What one head trains on, and which of its retain texts it leaves for calibration."""
 
     train_texts: list[str]
     train_labels: np.ndarray
-    cal_texts: list[str]
+    retain_cal: list[str]
     n_forget: int
     n_retain_train: int
     n_background_train: int
 
 
-def _plan_target(
-    target: TargetData, targets: list[TargetData], bg_train: list[str], bg_cal: list[str], seed: int
-) -> _TargetPlan:
-    """Split one target's negatives into train and calibration without any text in both.
+def _plan_target(target: TargetData, targets: list[TargetData], bg_train: list[str], seed: int) -> _TargetPlan:
+    """Choose one head's training rows: its forget texts against everything it must not flag.
 
-    A forget text is never a negative for its own target (a background prompt that the
-    policy lists as forget is the policy's call), and a text that is trained on is never
-    used to calibrate, since that would make the threshold optimistic.
+    A forget text is never a negative for its own target (if the background or another
+    target contains it, the policy's forget list wins).
     """
     positives = _unique(target.forget)
     forget_set = set(positives)
@@ -330,18 +348,11 @@ def _plan_target(
     negatives = [s for s in _unique(retain_train + other_forget + bg_train) if s not in forget_set]
     if not negatives:
         raise UserError(f"target {target.id!r}: no negative examples to train on; add retain examples or background prompts")
-    train_set = forget_set | set(negatives)
-    cal_texts = [s for s in _unique(retain_cal + bg_cal) if s not in train_set]
-    if not cal_texts:
-        raise UserError(
-            f"target {target.id!r}: no held-out negatives to calibrate the threshold on; "
-            f"add retain examples or background prompts"
-        )
     labels = np.concatenate([np.ones(len(positives), dtype=np.int64), np.zeros(len(negatives), dtype=np.int64)])
     return _TargetPlan(
         train_texts=positives + negatives,
         train_labels=labels,
-        cal_texts=cal_texts,
+        retain_cal=retain_cal,
         n_forget=len(positives),
         n_retain_train=len(retain_train),
         n_background_train=len(set(negatives) & set(bg_train)),

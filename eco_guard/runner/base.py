@@ -41,6 +41,8 @@ class GenerationOptions:
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
+    #: generate exactly ``max_new_tokens`` (benchmarks compare equal amounts of work)
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:

@@ -283,6 +283,8 @@ class TransformersRunner:
             "pad_token_id": self._pad_id,
             "eos_token_id": self._eos_ids,
         }
+        if options.ignore_eos:
+            kwargs["min_new_tokens"] = options.max_new_tokens
         if options.temperature > 0:
             kwargs.update(do_sample=True, temperature=float(options.temperature), top_p=float(options.top_p))
         else:
@@ -345,13 +347,16 @@ class TransformersRunner:
         next token instead of letting it run to ``max_new_tokens`` in the background.
         """
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        stop = self._start_stream(messages, corruption, mask_spec, options, events.put)
+        stop, worker = self._start_stream(messages, corruption, mask_spec, options, events.put)
         deltas = _TextDeltas(self.tokenizer, self._eos_ids)
         try:
             while not deltas.done:
                 yield from deltas.feed(*events.get())
         finally:
+            # Stop at the next token and wait, so no generation outlives its consumer
+            # (an interpreter exiting under a running torch thread aborts).
             stop.event.set()
+            worker.join()
 
     def _start_stream(
         self,
@@ -360,7 +365,7 @@ class TransformersRunner:
         mask_spec: MaskSpec,
         options: GenerationOptions,
         emit: Any,
-    ) -> _StopFlag:
+    ) -> tuple[_StopFlag, threading.Thread]:
         from transformers import StoppingCriteriaList
 
         prompt = self.prepare(messages, mask_spec)
@@ -382,8 +387,9 @@ class TransformersRunner:
             except BaseException as exc:  # surfaced to the consumer, never lost in a thread
                 emit(("error", exc))
 
-        threading.Thread(target=work, name="eco-guard-stream", daemon=True).start()
-        return stop
+        worker = threading.Thread(target=work, name="eco-guard-stream", daemon=True)
+        worker.start()
+        return stop, worker
 
     def score_choices(
         self,
@@ -458,7 +464,7 @@ class TransformersRunner:
         def emit(event: tuple[str, Any]) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        stop = await asyncio.to_thread(self._start_stream, messages, corruption, mask_spec, options, emit)
+        stop, worker = await asyncio.to_thread(self._start_stream, messages, corruption, mask_spec, options, emit)
         deltas = _TextDeltas(self.tokenizer, self._eos_ids)
         try:
             while not deltas.done:
@@ -466,6 +472,7 @@ class TransformersRunner:
                     yield piece
         finally:
             stop.event.set()
+            await asyncio.to_thread(worker.join)
 
     async def ascore_choices(
         self,

