@@ -170,7 +170,12 @@ class Guard:
         digest = hashlib.sha256(f"{self.seed}|{prompt_hash(messages)}".encode()).digest()
         return int.from_bytes(digest[:4], "little")
 
-    def _decide_many(self, chats: Sequence[list[dict[str, str]]]) -> list[Decision]:
+    def decide_batch(self, chats: Sequence[list[dict[str, str]]]) -> list[Decision]:
+        """Decide for already-normalised chats, without auditing or generating.
+
+        The building block for callers that batch generation themselves (the server's
+        micro-batcher); they must write the audit record themselves.
+        """
         start = time.perf_counter()
         groups = [classification_texts(m) for m in chats]
         flat = [t for g in groups for t in g]
@@ -246,7 +251,7 @@ class Guard:
     def check(self, prompt: Prompt) -> Decision:
         """Classify one prompt (a string or a chat) without generating; audited."""
         chat = normalize_messages(prompt)
-        decision = self._decide_many([chat])[0]
+        decision = self.decide_batch([chat])[0]
         self.audit.record(decision, chat, kind="check")
         return decision
 
@@ -255,7 +260,7 @@ class Guard:
         chats = [normalize_messages(p, where=f"prompts[{i}]") for i, p in enumerate(prompts)]
         if not chats:
             return []
-        decisions = self._decide_many(chats)
+        decisions = self.decide_batch(chats)
         if audit:
             for d, c in zip(decisions, chats):
                 self.audit.record(d, c, kind="check")
@@ -271,8 +276,8 @@ class Guard:
 
     # ------------------------------------------------------------------ answering
 
-    def _route(self, decision: Decision) -> tuple[Corruption | None, MaskSpec, str | None]:
-        """(corruption, mask, refusal text) for a decision; refusal set means: don't generate."""
+    def route(self, decision: Decision) -> tuple[Corruption | None, MaskSpec, str | None]:
+        """(corruption, mask, refusal text) for a decision; a refusal text means: don't generate."""
         if decision.target is None or decision.action in ("pass", "flag"):
             return None, MaskSpec(), None
         rule = self._rules_by_id[decision.target]
@@ -291,8 +296,8 @@ class Guard:
         chats = [normalize_messages(p, where=f"prompts[{i}]") for i, p in enumerate(prompts)]
         if not chats:
             return []
-        decisions = self._decide_many(chats)
-        routes = [self._route(d) for d in decisions]
+        decisions = self.decide_batch(chats)
+        routes = [self.route(d) for d in decisions]
         todo = [i for i, r in enumerate(routes) if r[2] is None]
         texts: dict[int, str] = {i: r[2] for i, r in enumerate(routes) if r[2] is not None}
         if todo:
@@ -321,8 +326,8 @@ class Guard:
     def stream(self, prompt: Prompt, options: GenerationOptions = GenerationOptions()) -> GuardedStream:
         """Stream one guarded answer; the audit line is written once the decision is made."""
         chat = normalize_messages(prompt)
-        decision = self._decide_many([chat])[0]
-        corruption, mask, refusal = self._route(decision)
+        decision = self.decide_batch([chat])[0]
+        corruption, mask, refusal = self.route(decision)
         self.audit.record(decision, chat, kind="stream")
         if refusal is not None:
             return GuardedStream(decision, iter([refusal]))
@@ -331,8 +336,8 @@ class Guard:
     async def astream(self, prompt: Prompt, options: GenerationOptions = GenerationOptions()) -> AsyncGuardedStream:
         """Async twin of :meth:`stream`."""
         chat = normalize_messages(prompt)
-        decision = (await asyncio.to_thread(self._decide_many, [chat]))[0]
-        corruption, mask, refusal = self._route(decision)
+        decision = (await asyncio.to_thread(self.decide_batch, [chat]))[0]
+        corruption, mask, refusal = self.route(decision)
         self.audit.record(decision, chat, kind="stream")
         if refusal is not None:
             text = refusal
