@@ -1,0 +1,84 @@
+"""Helpers shared by the framework integrations (LangChain, LlamaIndex).
+
+Kept here, free of any framework import, so that both integration packages resolve a
+``guard=`` argument the same way without one depending on the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BeforeValidator
+
+from .decision import Decision
+from .guard import Guard
+from .runner.base import GenerationOptions
+
+GuardLike = Guard | str | os.PathLike[str]
+
+_loaded: dict[Path, Guard] = {}
+_loaded_lock = threading.Lock()
+
+
+def as_guard(guard: GuardLike) -> Guard:
+    """A ``Guard`` object as is, or the fitted-guard directory at a path, loaded once.
+
+    Loading is cached per resolved directory because a chain typically names the same
+    guard in several components (router, chat model, middleware); each loading its own
+    copy would hold the local model in memory several times.
+    """
+    if isinstance(guard, Guard):
+        return guard
+    if not isinstance(guard, (str, os.PathLike)):
+        raise TypeError(f"guard must be a Guard or the path of a fitted-guard directory, got {type(guard).__name__}")
+    path = Path(guard).expanduser().resolve()
+    with _loaded_lock:
+        if path not in _loaded:
+            _loaded[path] = Guard.load(path)
+        return _loaded[path]
+
+
+def diverts(decision: Decision) -> bool:
+    """Whether a request leaves the normal path: ``corrupt`` and ``refuse`` do, while
+    ``pass`` and shadow-mode ``flag`` (log only) go to the downstream model untouched."""
+    return decision.action in ("corrupt", "refuse")
+
+
+GuardField = Annotated[Guard, BeforeValidator(as_guard)]
+"""Type of a pydantic ``guard`` field (LangChain and LlamaIndex classes are pydantic
+models): accepts a ``Guard`` or a fitted-guard directory, see :func:`as_guard`."""
+
+
+def answer_decided(guard: Guard, chat: list[dict[str, str]], decision: Decision, options: GenerationOptions) -> str:
+    """Answer a request a caller has already classified (and audited): the refusal text,
+    or the local model's answer with the decision's corruption (none for a pass)."""
+    corruption, mask, refusal = guard.route(decision)
+    if refusal is not None:
+        return refusal
+    return guard.runner.generate([chat], [corruption], [mask], options)[0]
+
+
+def stream_decided(guard: Guard, chat: list[dict[str, str]], decision: Decision, options: GenerationOptions) -> Iterator[str]:
+    """Streaming twin of :func:`answer_decided`."""
+    corruption, mask, refusal = guard.route(decision)
+    if refusal is not None:
+        return iter([refusal])
+    return iter(guard.runner.stream(chat, corruption, mask, options))
+
+
+async def astream_decided(
+    guard: Guard, chat: list[dict[str, str]], decision: Decision, options: GenerationOptions
+) -> AsyncIterator[str]:
+    """Async twin of :func:`stream_decided`; loading the model (first use) happens off the loop."""
+    corruption, mask, refusal = guard.route(decision)
+    if refusal is not None:
+        yield refusal
+        return
+    runner = await asyncio.to_thread(lambda: guard.runner)
+    async for piece in runner.astream(chat, corruption, mask, options):
+        yield piece

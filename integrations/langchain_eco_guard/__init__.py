@@ -1,0 +1,16 @@
+"""LangChain integration of eco-guard: a guarded chat model, a router, an agent middleware.
+
+- :class:`EcoGuardChatModel`: a chat model that answers through the guard with the local model.
+- :class:`EcoGuardRouter`: put the guard in front of any chat model or chain.
+- :class:`EcoGuardMiddleware`: guard every model call of a ``create_agent`` agent.
+- :class:`EcoGuardEmbeddings`: offline embeddings from the bundled encoder, for RAG.
+
+Every class takes ``guard=`` as a :class:`eco_guard.Guard` or a fitted-guard directory.
+"""
+
+from langchain_eco_guard.chat_models import EcoGuardChatModel
+from langchain_eco_guard.embeddings import EcoGuardEmbeddings
+from langchain_eco_guard.middleware import EcoGuardMiddleware
+from langchain_eco_guard.router import DECISION_EVENT, EcoGuardRouter
+
+__all__ = ["DECISION_EVENT", "EcoGuardChatModel", "EcoGuardEmbeddings", "EcoGuardMiddleware", "EcoGuardRouter"]
