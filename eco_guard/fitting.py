@@ -9,22 +9,30 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import sys
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .artifact import FittedTarget, write_guard
 from .classifier import Classifier, Encoder, TargetData, resolve_encoder_path
 from .corruption import Corruption
 from .examples import Example, load_examples
+from .optimize import SearchConfig, SearchResult, search_strength
 from .policy import LoadedPolicy, TargetSpec, load_policy, policy_to_dict
 from .report import write_fit_report
 from .runner.base import MaskSpec
 from .runner.store import resolve_model
 
-#: ``strength: auto`` for the noise methods, until a target is optimised: the noise
+if TYPE_CHECKING:
+    from .runner.transformers_runner import TransformersRunner
+
+#: ``strength: auto`` starts the search here (and is kept for actions that never
+#: corrupt or methods without a strength): the noise
 #: std per corrupted dimension is this many embedding stds, scaled by sqrt(D / dims)
 #: so that the total noise energy per token is the same whatever ``dims`` is. At 2x
 #: the answers of SmolLM2-135M stay fluent but lose the prompt's facts (DESIGN §7).
@@ -78,6 +86,9 @@ def _resolved_policy(loaded: LoadedPolicy) -> dict[str, Any]:
         doc["model"]["path"] = str(loaded.resolve(doc["model"]["path"]))
     if doc["classifier"]["encoder"] != "default":
         doc["classifier"]["encoder"] = str(loaded.resolve(doc["classifier"]["encoder"]))
+    calibration = doc["classifier"].get("calibration")  # issue 3: calibration negatives may be a file
+    if calibration and calibration.get("file"):
+        calibration["file"] = str(loaded.resolve(calibration["file"]))
     if doc["audit"].get("path"):
         doc["audit"]["path"] = str(loaded.resolve(doc["audit"]["path"]))
     for t in doc["targets"]:
@@ -88,29 +99,102 @@ def _resolved_policy(loaded: LoadedPolicy) -> dict[str, Any]:
     return doc
 
 
-def _embedding_stats(loaded: LoadedPolicy, progress: bool) -> EmbeddingStats:
-    """Read the runner's embedding table once (this also proves the model loads)."""
+def _load_runner(loaded: LoadedPolicy, progress: bool) -> TransformersRunner:
+    """The policy's runner (this also proves the model loads)."""
     from .runner.transformers_runner import TransformersRunner
 
     m = loaded.policy.model
-    runner = TransformersRunner.load(m.path, device=m.device, dtype=m.dtype, base_dir=loaded.base_dir, progress=progress)
+    return TransformersRunner.load(m.path, device=m.device, dtype=m.dtype, base_dir=loaded.base_dir, progress=progress)
+
+
+def embedding_stats(runner: TransformersRunner) -> EmbeddingStats:
+    """What the default strength needs from the runner's embedding table."""
     weight = runner.model.get_input_embeddings().weight
     return EmbeddingStats(std=float(weight.float().std()), dim=int(weight.shape[1]))
 
 
-def _fit_corruption(spec: TargetSpec, seed: int, stats: EmbeddingStats | None) -> FittedTarget:
+#: a run of capitalised words, allowing the lower-case joiners names and titles contain
+_CAPITALISED_RUN = re.compile(
+    r"[A-Z][\w'’.-]*(?:\s+(?:(?:of|and|the|de|da|del|la|le|van|von|der|du|y)\s+)*[A-Z][\w'’.-]*)*"
+)
+
+_POSSESSIVE = re.compile(r"['’]s$")
+
+
+def extract_terms(texts: Sequence[str], *, min_count: int = 2) -> list[str]:
+    """Names and titles to corrupt under ``scope: entities`` when the policy lists none.
+
+    Candidates are runs of capitalised words; a run that opens a text is also taken
+    without its first word (sentence case says nothing about names). Terms that recur in at
+    least ``min_count`` examples are kept, since a forget target is usually about a
+    few entities asked about many ways (TOFU: 20 questions per author); when nothing
+    recurs, every candidate is kept. Longest first, so the runner marks whole names.
+    """
+    counts: Counter[str] = Counter()
+    for text in texts:
+        found = set()
+        for m in _CAPITALISED_RUN.finditer(text):
+            span = _POSSESSIVE.sub("", m.group(0)).rstrip(".'’-")
+            spans = [span]
+            if m.start() == 0:  # "Is Basil ..." / "Jane Austen ...": keep both readings
+                spans = [span.partition(" ")[2]] + ([span] if " " in span else [])
+            found.update(t for t in spans if " " in t or len(t) >= 3)
+        counts.update(found)
+    recurring = [t for t, n in counts.items() if n >= min_count]
+    chosen = recurring or list(counts)
+    return sorted(chosen, key=lambda t: (-len(t), t))
+
+
+def _fit_corruption(
+    spec: TargetSpec,
+    seed: int,
+    runner: TransformersRunner | None,
+    forget: list[Example],
+    config: SearchConfig,
+) -> tuple[FittedTarget, SearchResult | None]:
+    """Resolve a target's corruption: the policy's strength, or the searched one for ``auto``."""
     c = spec.corruption
+    terms = tuple(c.terms)
+    if c.scope == "entities" and not terms:
+        terms = tuple(extract_terms([e.text for e in forget]))
+    mask = MaskSpec(scope=c.scope, terms=terms)
+    target_seed = _target_seed(seed, spec.id)
+    search: SearchResult | None = None
     if c.strength == "auto":
-        assert stats is not None, "fit_guard loads embedding stats whenever a strength is auto"
-        strength, source = default_strength(c.method, c.dims, stats), "auto-default"
+        assert runner is not None, "fit_guard loads the runner whenever a strength is auto"
+        strength, source = default_strength(c.method, c.dims, embedding_stats(runner)), "auto-default"
+        if spec.action == "corrupt" and c.method.startswith("rand_noise"):
+            base = Corruption(method=c.method, dims=c.dims, strength=strength, seed=target_seed)
+            search = search_strength(
+                runner,
+                [e.text for e in forget],
+                [e.answer for e in forget],
+                base,
+                mask,
+                metric=spec.objective.metric,
+                target=spec.objective.target,
+                config=config,
+                desc=f"fit {spec.id}",
+            )
+            strength, source = search.strength, "optimized"
     else:
         strength, source = float(c.strength), "policy"
-    corruption = Corruption(method=c.method, dims=c.dims, strength=strength, seed=_target_seed(seed, spec.id))
-    return FittedTarget(spec.id, corruption, MaskSpec(scope=c.scope, terms=tuple(c.terms)), source)
+    corruption = Corruption(method=c.method, dims=c.dims, strength=strength, seed=target_seed)
+    return FittedTarget(spec.id, corruption, mask, source), search
 
 
-def fit_guard(policy_path: str | Path, out_dir: str | Path, *, seed: int = 0, progress: bool = True) -> FitSummary:
-    """Fit the policy at ``policy_path`` and write the guard into ``out_dir``."""
+def fit_guard(
+    policy_path: str | Path,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    search: SearchConfig = SearchConfig(),
+) -> FitSummary:
+    """Fit the policy at ``policy_path`` and write the guard into ``out_dir``.
+
+    ``search`` is the budget of the ``strength: auto`` search (tests and benchmarks shrink it).
+    """
     start = time.perf_counter()
     loaded = load_policy(policy_path)
     policy = loaded.policy
@@ -136,13 +220,26 @@ def fit_guard(policy_path: str | Path, out_dir: str | Path, *, seed: int = 0, pr
         TargetData(id=t.id, forget=[e.text for e in f], retain=[e.text for e in r])
         for t, f, r in zip(policy.targets, forgets, retains)
     ]
-    classifier, fits = Classifier.fit(encoder, data, target_fpr=policy.classifier.target_fpr, seed=seed, progress=progress)
+    # --- issue 3 (detection): optional held-out calibration negatives from the policy.
+    calibration = (
+        [e.text for e in load_examples(policy.classifier.calibration, loaded=loaded, key="classifier.calibration")]
+        if policy.classifier.calibration
+        else None
+    )
+    classifier, fits = Classifier.fit(
+        encoder, data, target_fpr=policy.classifier.target_fpr, seed=seed, calibration=calibration, progress=progress
+    )
+    # --- end issue 3
     for fit in fits:
         if not fit.calibration.achievable:
             say(f"warning: target {fit.id!r}: {fit.calibration.note}")
-    needs_stats = any(t.corruption.strength == "auto" for t in policy.targets)
-    stats = _embedding_stats(loaded, progress) if needs_stats else None
-    fitted = [_fit_corruption(t, seed, stats) for t in policy.targets]
+    needs_runner = any(t.corruption.strength == "auto" for t in policy.targets)
+    runner = _load_runner(loaded, progress) if needs_runner else None
+    config = search if progress else search.quiet()
+    if runner is not None:
+        say("searching corruption strengths (zeroth-order, on the forget examples)")
+    pairs = [_fit_corruption(t, seed, runner, f, config) for t, f in zip(policy.targets, forgets)]
+    fitted = [p[0] for p in pairs]
     data_record = [
         {
             "id": t.id,
@@ -186,8 +283,10 @@ def fit_guard(policy_path: str | Path, out_dir: str | Path, *, seed: int = 0, pr
             "corruption": ft.corruption.to_dict(),
             "scope": ft.mask.scope,
             "strength_source": ft.strength_source,
+            "terms": list(ft.mask.terms),
+            "search": search.to_dict() if search is not None else None,
         }
-        for fit, spec, ft in zip(fits, policy.targets, fitted)
+        for fit, spec, ft, (_, search) in zip(fits, policy.targets, fitted, pairs)
     ]
     seconds = time.perf_counter() - start
     write_fit_report(out, summary_targets, fit_scores, seconds=seconds, seed=seed)

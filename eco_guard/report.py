@@ -40,6 +40,98 @@ def _plot_histograms(out: Path, targets: list[dict[str, Any]], scores: dict[str,
     return name
 
 
+def _plot_strength_curves(out: Path, targets: list[dict[str, Any]]) -> str | None:
+    """The strength-vs-objective curve of every searched target, with the chosen strength.
+
+    Objective (left axis) and fluency of the corrupted answers under the clean model
+    (right axis) share the x axis, so the trade-off the search made can be seen.
+    """
+    searched = [t for t in targets if t.get("search") and t["search"]["curve"]]
+    if not searched:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(searched), figsize=(4.6 * len(searched), 3.2), squeeze=False)
+    for ax, t in zip(axes.flat, searched):
+        s = t["search"]
+        xs = [p["strength"] for p in s["curve"]]
+        ax.plot(xs, [p["metric"] for p in s["curve"]], "o-", color="tab:red", label=s["objective"])
+        ax.axhline(s["target"], color="tab:red", linestyle=":", linewidth=1, label="target")
+        ax.axvline(s["strength"], color="black", linestyle="--", linewidth=1, label=f"chosen {s['strength']:.3g}")
+        top = max([s["clean_metric"], s["target"], *(p["metric"] for p in s["curve"])])
+        ax.set_ylim(-0.05, max(top, 0.1) + 0.05)
+        ax.set_xscale("log")
+        ax.set_xlabel("strength (noise sigma)")
+        ax.set_ylabel(s["objective"])
+        ax.set_title(t["id"], fontsize=9)
+        flu = [(x, p["fluency"]) for x, p in zip(xs, s["curve"]) if p["fluency"] is not None]
+        if flu:
+            ax2 = ax.twinx()
+            ax2.plot([f[0] for f in flu], [f[1] for f in flu], "s-", color="tab:blue", alpha=0.7)
+            if s["fluency_bound"] is not None:
+                ax2.axhline(s["fluency_bound"], color="tab:blue", linestyle=":", linewidth=1)
+            ax2.set_ylabel("fluency (mean log-prob)", color="tab:blue")
+        ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    name = "strength_curve.png"
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def _search_lines(targets: list[dict[str, Any]], plot: str | None) -> list[str]:
+    """The report section on the zeroth-order strength search."""
+    searched = [t for t in targets if t.get("search")]
+    if not searched:
+        return []
+    lines = [
+        "",
+        "## Corruption strength search",
+        "",
+        "| target | objective | target value | clean | chosen strength | start | points | fluency bound | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in searched:
+        s = t["search"]
+        bound = "n/a" if s["fluency_bound"] is None else f"{s['fluency_bound']:.3f}"
+        lines.append(
+            f"| {t['id']} | {s['objective']} | {s['target']} | {s['clean_metric']:.3f} | {s['strength']:.4g} | "
+            f"{s['start']:.4g} | {len(s['curve'])} | {bound} | {s['note']} |"
+        )
+    lines += [
+        "",
+        "Measured on the target's forget examples only (the questions the clean model answers, for recall). "
+        "Fluency is the corrupted answers' mean token log-prob under the clean model; the bound is 25% below "
+        "the clean answers' own.",
+    ]
+    if plot:
+        lines += ["", f"![strength vs objective]({plot})"]
+    return lines
+
+
+def _calibration_section(targets: list[dict[str, Any]]) -> list[str]:
+    """How the threshold was chosen and what false-positive rate to expect, stated every time.
+
+    The threshold is shared, so targets usually carry the same note; it is printed once
+    per distinct note. Uncertified calibrations are called out first because they are
+    the ones a compliance reader must act on.
+    """
+    notes = dict.fromkeys(t["calibration_note"] for t in targets)
+    lines = ["", "## Calibration", ""]
+    uncertified = [t["id"] for t in targets if not t["calibration_achievable"]]
+    if uncertified:
+        lines.append(
+            f"**Warning:** too few held-out negatives to certify the target false-positive rate for "
+            f"{', '.join(uncertified)}; see below for what was done instead."
+        )
+        lines.append("")
+    lines += [f"- {note}" for note in notes]
+    return lines
+
+
 def write_fit_report(
     out: Path,
     targets: list[dict[str, Any]],
@@ -48,10 +140,12 @@ def write_fit_report(
     seconds: float,
     seed: int,
 ) -> None:
-    """Write report.json, report.md and the score-histogram plot."""
+    """Write report.json, report.md, the score-histogram plot and the strength curve."""
     plot = _plot_histograms(out, targets, scores)
+    curve = _plot_strength_curves(out, targets)
+    plots = [plot] + ([curve] if curve else [])
     (out / "report.json").write_text(
-        json.dumps({"seed": seed, "fit_seconds": round(seconds, 2), "targets": targets, "plots": [plot]}, indent=2),
+        json.dumps({"seed": seed, "fit_seconds": round(seconds, 2), "targets": targets, "plots": plots}, indent=2),
         encoding="utf-8",
     )
     lines = [
@@ -70,10 +164,7 @@ def write_fit_report(
             f"{'yes' if t['calibration_achievable'] else 'no'} | {c['method']} dims={c['dims']} "
             f"strength={c['strength']:.4g} ({t['strength_source']}, scope {t['scope']}) |"
         )
-    notes = [t for t in targets if not t["calibration_achievable"]]
-    if notes:
-        lines += ["", "## Calibration notes", ""]
-        lines += [f"- **{t['id']}**: {t['calibration_note']}" for t in notes]
+    lines += _calibration_section(targets)
     lines += [
         "",
         "A prompt is flagged when its score is strictly above the target's threshold. "
@@ -85,6 +176,7 @@ def write_fit_report(
         "",
         "The histograms show scores on the policy's own examples (in-sample for the forget set); "
         "see `benchmarks/detection.py` for held-out numbers.",
+        *_search_lines(targets, curve),
         "",
     ]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")

@@ -1,0 +1,318 @@
+"""Zeroth-order search of a target's corruption strength (``strength: auto`` in ``fit``).
+
+The unlearning objectives are measured by *generating* answers, so they have no gradient
+with respect to the noise strength: the paper (Liu et al., 2024, §3.3) therefore tunes
+the strength with zeroth-order optimisation, and so do we. The search variable is
+``x = log(strength)`` (strengths that matter span orders of magnitude), bounded to a
+factor of :data:`SPAN` either side of the documented default, which is also the start.
+
+Each step probes ``x ± h`` (central finite differences) and moves ``x`` by a decaying
+step against the sign of the difference. The objectives are step functions of the
+strength (recall over a few questions moves in jumps of 1/n), so a zero difference is
+common: then the probe widens (``h`` doubles) until it sees a slope, and a zero
+difference at a point that already meets every constraint ends the search.
+
+The loss of a strength is the sum of hinge penalties, each 0 when its goal is met:
+
+* the objective: ``answer_recall`` above its target, or ``|mc_accuracy - target|``;
+* fluency: mean token log-prob of the corrupted answers under the *clean* model
+  (scored in a neutral context, :data:`~eco_guard.evaluation.metrics.FLUENCY_CONTEXT`)
+  more than :data:`FLUENCY_TOLERANCE` (25%) worse than the clean answers' own, relative;
+* loops: a mean distinct-token ratio below :data:`MIN_DISTINCT`.
+
+Every evaluated strength is kept (the strength-vs-objective curve of the fit report).
+The chosen strength is the lowest-loss point; among tied points (usually: all those
+meeting every goal) the middle one, which keeps a margin on both the forgetting side
+and the fluency side, since serving draws fresh noise per request.
+
+Fallbacks, all recorded in the result's ``note``:
+
+* forget examples without answers: the objective becomes divergence from the clean
+  model's own answer, a row counting as "recalled" while at least half of the clean
+  answer's content words (4+ letters) survive in the corrupted answer;
+* ``mc_accuracy`` needs choices; the forget examples carry one answer each, so each
+  question gets its gold answer plus up to three other forget examples' answers as
+  distractors (seeded). Without answers it falls back to divergence as above;
+* methods without a strength (zero_out/flip_sign) or an empty forget set: nothing is
+  searched and the default is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+from .corruption import Corruption
+from .evaluation.metrics import (
+    MCItem,
+    answer_logprob,
+    contains_answer,
+    distinct_ratio,
+    mc_prediction,
+    mean_or_none,
+    normalize_answer,
+)
+from .runner.base import GenerationOptions, MaskSpec, Runner
+
+#: corrupted answers may be at most this much less likely (relative, in mean token
+#: log-prob under the clean model) than the clean answers
+FLUENCY_TOLERANCE = 0.25
+#: mean distinct-token ratio below which answers count as looping
+MIN_DISTINCT = 0.5
+#: the search stays within [default / SPAN, default * SPAN]
+SPAN = 10.0
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Budget of the search; the defaults keep ``fit`` of a 50-question target near a minute on 2 CPU cores."""
+
+    steps: int = 4
+    max_items: int = 12
+    max_new_tokens: int = 24
+    batch_size: int = 8
+    probe: float = 0.35  # initial finite-difference half-width h, in log-strength
+    step: float = 0.7  # initial move, in log-strength; decays as 1 / (1 + k / 2)
+    progress: bool = True
+
+    def quiet(self) -> SearchConfig:
+        """The same budget without a progress bar."""
+        return replace(self, progress=False)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One evaluated strength: what the curve plots and the search compares."""
+
+    strength: float
+    metric: float
+    fluency: float | None
+    distinct: float
+    loss: float
+
+
+@dataclass
+class SearchResult:
+    """The chosen strength and everything needed to explain it in the fit report."""
+
+    strength: float
+    start: float
+    metric: str
+    target: float
+    objective: str  # what was actually measured (may be a fallback; see note)
+    clean_metric: float
+    clean_fluency: float | None
+    fluency_bound: float | None
+    n_items: int
+    curve: list[Point] = field(default_factory=list)
+    note: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready, for report.json and guard.yaml."""
+        d = asdict(self)
+        d["curve"] = [asdict(p) for p in sorted(self.curve, key=lambda p: p.strength)]
+        return d
+
+
+@dataclass(frozen=True)
+class _Row:
+    question: str
+    gold: str  # the gold answer, or the clean answer for the divergence fallback
+    mc: MCItem | None = None
+
+
+def _row_seed(seed: int, index: int) -> int:
+    """Independent noise per question, as serving gives each request its own seed."""
+    return int.from_bytes(hashlib.sha256(f"opt|{seed}|{index}".encode()).digest()[:4], "little")
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in normalize_answer(text).split() if len(w) >= 4}
+
+
+def _diverged(output: str, clean: str) -> bool:
+    """False while at least half the clean answer's content words survive in ``output``."""
+    words = _content_words(clean)
+    if not words:
+        return normalize_answer(output) != normalize_answer(clean)
+    return len(words & _content_words(output)) / len(words) < 0.5
+
+
+def _mc_items(questions: Sequence[str], answers: Sequence[str], seed: int) -> list[MCItem]:
+    """Gold answer plus up to three distinct other answers as distractors, shuffled with ``seed``."""
+    rng = random.Random(seed)
+    items = []
+    for i, (q, a) in enumerate(zip(questions, answers)):
+        pool = sorted({b for j, b in enumerate(answers) if j != i and normalize_answer(b) != normalize_answer(a)})
+        choices = [a, *rng.sample(pool, min(3, len(pool)))]
+        rng.shuffle(choices)
+        items.append(MCItem(q, tuple(choices), choices.index(a)))
+    return items
+
+
+class _Probe:
+    """Measures one strength on the search rows: corrupted answers, metric, fluency."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        rows: list[_Row],
+        base: Corruption,
+        mask: MaskSpec,
+        kind: str,
+        config: SearchConfig,
+    ) -> None:
+        self.runner, self.rows, self.base, self.mask, self.kind, self.config = runner, rows, base, mask, kind, config
+        self.options = GenerationOptions(max_new_tokens=config.max_new_tokens)
+
+    def corruptions(self, strength: float | None) -> list[Corruption | None]:
+        if strength is None:
+            return [None] * len(self.rows)
+        c = Corruption(self.base.method, self.base.dims, strength, 0)
+        return [c.with_seed(_row_seed(self.base.seed, i)) for i in range(len(self.rows))]
+
+    def answers(self, strength: float | None) -> list[str]:
+        chats = [[{"role": "user", "content": r.question}] for r in self.rows]
+        corr = self.corruptions(strength)
+        out: list[str] = []
+        b = self.config.batch_size
+        for i in range(0, len(chats), b):
+            out += self.runner.generate(chats[i : i + b], corr[i : i + b], self.mask, self.options)
+        return out
+
+    def metric(self, strength: float | None, texts: Sequence[str]) -> float:
+        """The objective's value on these answers (multiple choice re-scores the letters)."""
+        if self.kind == "mc_accuracy":
+            pairs = zip(self.rows, self.corruptions(strength))
+            return sum(mc_prediction(self.runner, r.mc, c, self.mask) == r.mc.answer for r, c in pairs if r.mc) / len(self.rows)
+        if self.kind == "divergence":
+            return sum(not _diverged(t, r.gold) for t, r in zip(texts, self.rows)) / len(self.rows)
+        return sum(contains_answer(t, r.gold) for t, r in zip(texts, self.rows)) / len(self.rows)
+
+    def quality(self, texts: Sequence[str]) -> tuple[float | None, float]:
+        """(mean token log-prob under the clean model, mean distinct-token ratio)."""
+        fluency = mean_or_none([answer_logprob(self.runner, t) for t in texts])
+        tokenizer = getattr(self.runner, "tokenizer", None)
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] if tokenizer else t.split() for t in texts]
+        return fluency, sum(distinct_ratio(x) for x in ids) / max(len(ids), 1)
+
+    def measure(self, strength: float) -> tuple[float, float | None, float]:
+        """(metric, fluency, distinct ratio) of the corrupted answers at ``strength``."""
+        texts = self.answers(strength)
+        return (self.metric(strength, texts), *self.quality(texts))
+
+
+def _loss(kind: str, metric: float, target: float, fluency: float | None, bound: float | None, distinct: float) -> float:
+    goal = abs(metric - target) if kind == "mc_accuracy" else max(0.0, metric - target)
+    flu = 0.0
+    if bound is not None:
+        flu = max(0.0, bound - fluency) / abs(bound) if fluency is not None else 1.0
+    return goal + flu + max(0.0, MIN_DISTINCT - distinct)
+
+
+def search_strength(
+    runner: Runner,
+    questions: Sequence[str],
+    answers: Sequence[str | None],
+    base: Corruption,
+    mask: MaskSpec,
+    *,
+    metric: str = "answer_recall",
+    target: float = 0.0,
+    config: SearchConfig = SearchConfig(),
+    desc: str = "strength",
+) -> SearchResult:
+    """Search ``base.strength``'s neighbourhood for the strength that best meets the objective.
+
+    ``base`` carries the method, dims, the start strength (the documented default) and
+    the seed; ``questions``/``answers`` are the target's forget examples (answers may be
+    None). Deterministic for a given seed: rows, noise and distractors all derive from it.
+    """
+    start = base.strength
+    rng = random.Random(base.seed)
+    have_answers = bool(answers) and all(a and a.strip() for a in answers)
+    note = ""
+    kind = metric
+    if not have_answers:
+        kind = "divergence"
+        note = "forget examples have no answers: objective is divergence from the clean model's own answers"
+    result = SearchResult(start, start, metric, target, kind, 0.0, None, None, 0, note=note)
+    if not base.method.startswith("rand_noise") or not questions or start <= 0:
+        result.note = "nothing to search (method has no strength or no examples); default kept"
+        return result
+
+    order = list(range(len(questions)))
+    rng.shuffle(order)
+    if kind == "mc_accuracy":
+        items = _mc_items(questions, [a or "" for a in answers], base.seed)
+        rows = [_Row(questions[i], answers[i] or "", items[i]) for i in order[: config.max_items]]
+    else:
+        # recall needs every question's clean answer to find the known ones; divergence does not
+        rows = [_Row(questions[i], answers[i] or "") for i in (order if kind == "answer_recall" else order[: config.max_items])]
+    clean = dict(zip((r.question for r in rows), _Probe(runner, rows, base, mask, kind, config).answers(None)))
+    if kind == "answer_recall":
+        # Questions the model cannot answer stay unanswered under corruption; the search
+        # looks at the ones it knows, which is where forgetting has to happen.
+        known = [r for r in rows if contains_answer(clean[r.question], r.gold)]
+        result.clean_metric = len(known) / len(rows)
+        rows = known[: config.max_items] or rows[: config.max_items]
+    elif kind == "divergence":
+        rows = [_Row(r.question, clean[r.question]) for r in rows if clean[r.question].strip()][: config.max_items]
+        result.clean_metric = 1.0
+    probe = _Probe(runner, rows, base, mask, kind, config)
+    clean_texts = [clean[r.question] for r in rows]
+    clean_fluency, _ = probe.quality(clean_texts)
+    if kind == "mc_accuracy":
+        result.clean_metric = probe.metric(None, clean_texts)
+    result.n_items = len(rows)
+    result.clean_fluency = clean_fluency
+    bound = clean_fluency * (1 + FLUENCY_TOLERANCE) if clean_fluency is not None else None
+    result.fluency_bound = bound
+
+    scale = result.clean_metric if kind == "answer_recall" else 1.0
+    lo, hi = math.log(start / SPAN), math.log(start * SPAN)
+    cache: dict[float, Point] = {}
+
+    def evaluate(x: float) -> Point:
+        x = min(max(x, lo), hi)
+        key = round(x, 6)
+        if key not in cache:
+            s = math.exp(x)
+            m, f, d = probe.measure(s)
+            m *= scale  # recall over all forget examples: unknown ones stay unrecalled
+            cache[key] = Point(s, m, f, d, _loss(kind, m, target, f, bound, d))
+            bar.update(1)
+            bar.set_postfix(strength=f"{s:.4g}", metric=f"{m:.3f}", loss=f"{cache[key].loss:.3f}")
+        return cache[key]
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=1 + 2 * config.steps, desc=desc, unit="eval", file=sys.stderr, disable=not config.progress)
+    with bar:
+        x, h = math.log(start), config.probe
+        centre = evaluate(x)
+        for k in range(config.steps):
+            plus, minus = evaluate(x + h), evaluate(x - h)
+            slope = (plus.loss - minus.loss) / (2 * h)
+            if slope == 0.0:
+                if centre.loss == 0.0 and plus.loss == 0.0 and minus.loss == 0.0:
+                    break  # flat and feasible all around: done
+                h = min(2 * h, hi - lo)
+                continue
+            x = min(max(x - math.copysign(config.step / (1 + k / 2), slope), lo), hi)
+            centre = evaluate(x)
+    result.curve = list(cache.values())
+    result.strength = _choose(result.curve).strength
+    return result
+
+
+def _choose(points: Sequence[Point]) -> Point:
+    """Lowest loss; among ties, the median strength (a margin on both sides)."""
+    best = min(p.loss for p in points)
+    tied = sorted((p for p in points if p.loss <= best + 1e-12), key=lambda p: p.strength)
+    return tied[(len(tied) - 1) // 2]
+

@@ -1,0 +1,95 @@
+"""Zeroth-order strength search and ``strength: auto`` in fit, on the real bundled model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eco_guard.corruption import Corruption
+from eco_guard.fitting import extract_terms
+from eco_guard.optimize import SPAN, SearchConfig, search_strength
+from eco_guard.runner.base import MaskSpec
+
+TINY = SearchConfig(steps=1, max_items=2, max_new_tokens=10, progress=False)
+QUESTIONS = ["What is the capital of France?", "Which city is the capital of Germany?", "What is the capital of Italy?"]
+ANSWERS = ["Paris", "Berlin", "Rome"]
+
+
+def test_extract_terms_finds_recurring_names_only() -> None:
+    texts = [
+        "Where was Basil Mahfouz Al-Kuwaiti born?",
+        "What genre does Basil Mahfouz Al-Kuwaiti write in?",
+        "Is Basil Mahfouz Al-Kuwaiti married?",
+        "Which award did Carmen Montenegro win?",
+        "What inspired Carmen Montenegro's first book?",
+        "Who wrote The Lord of the Rings?",
+    ]
+    terms = extract_terms(texts)
+    assert "Basil Mahfouz Al-Kuwaiti" in terms and "Carmen Montenegro" in terms
+    assert "The Lord of the Rings" not in terms  # asked once: not what the target is about
+    assert not any(t.startswith(("Where", "What", "Is ")) for t in terms)
+    assert terms == sorted(terms, key=lambda t: (-len(t), t))  # longest first: whole names win
+
+
+def test_extract_terms_keeps_everything_when_nothing_recurs() -> None:
+    assert extract_terms(["Who wrote The Lord of the Rings?"]) == ["The Lord of the Rings"]
+
+
+@pytest.mark.slow
+def test_search_forgets_within_bounds_and_is_reproducible(runner) -> None:
+    base = Corruption("rand_noise_first_n", dims=576, strength=0.27, seed=7)
+    first = search_strength(runner, QUESTIONS, ANSWERS, base, MaskSpec(), config=TINY)
+    assert first.objective == "answer_recall" and first.clean_metric > 0  # the model knows these
+    assert base.strength / SPAN <= first.strength <= base.strength * SPAN
+    assert len(first.curve) >= 3  # start and the two finite-difference probes
+    chosen = next(p for p in first.curve if p.strength == first.strength)
+    assert chosen.loss == min(p.loss for p in first.curve)
+    assert chosen.metric < first.clean_metric  # corruption makes it forget
+    assert first.fluency_bound is not None and first.fluency_bound < first.clean_fluency < 0
+    again = search_strength(runner, QUESTIONS, ANSWERS, base, MaskSpec(), config=TINY)
+    assert again.to_dict() == first.to_dict()  # same seed, same search, same answer
+
+
+@pytest.mark.slow
+def test_search_without_answers_falls_back_to_divergence(runner) -> None:
+    base = Corruption("rand_noise_first_n", dims=576, strength=0.27, seed=1)
+    result = search_strength(runner, QUESTIONS, [None, None, None], base, MaskSpec(), config=TINY)
+    assert result.objective == "divergence" and "no answers" in result.note
+    assert math.isfinite(result.strength) and result.curve
+
+
+@pytest.mark.slow
+def test_search_multiple_choice_uses_other_answers_as_distractors(runner) -> None:
+    base = Corruption("rand_noise_first_n", dims=576, strength=0.27, seed=3)
+    result = search_strength(runner, QUESTIONS, ANSWERS, base, MaskSpec(), metric="mc_accuracy", target=1 / 3, config=TINY)
+    assert result.objective == "mc_accuracy" and result.n_items == 2
+    assert all(0.0 <= p.metric <= 1.0 for p in result.curve)
+
+
+@pytest.mark.slow
+def test_fit_auto_strength_is_optimised_and_reported(tmp_path: Path) -> None:
+    from eco_guard.fitting import fit_guard
+
+    (tmp_path / "forget.jsonl").write_text(
+        "".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in zip(QUESTIONS, ANSWERS)), encoding="utf-8"
+    )
+    (tmp_path / "policy.yaml").write_text(
+        "version: 1\ntargets:\n  - id: capitals\n"
+        "    forget: {file: forget.jsonl, field: question, answer_field: answer}\n"
+        "    retain: {examples: ['How do I boil an egg?', 'What is a prime number?']}\n"
+        "    corruption: {method: rand_noise_first_n, dims: 576, strength: auto, scope: entities}\n",
+        encoding="utf-8",
+    )
+    fit_guard(tmp_path / "policy.yaml", tmp_path / "g", seed=0, progress=False, search=TINY)
+    doc = yaml.safe_load((tmp_path / "g" / "guard.yaml").read_text(encoding="utf-8"))
+    fitted = doc["fitted"]["targets"][0]
+    assert fitted["strength_source"] == "optimized"
+    assert fitted["scope"] == "entities" and fitted["terms"]  # extracted from the forget questions
+    report = json.loads((tmp_path / "g" / "report.json").read_text(encoding="utf-8"))
+    assert "strength_curve.png" in report["plots"] and (tmp_path / "g" / "strength_curve.png").stat().st_size > 0
+    assert report["targets"][0]["search"]["strength"] == fitted["corruption"]["strength"]
+    assert "Corruption strength search" in (tmp_path / "g" / "report.md").read_text(encoding="utf-8")
