@@ -21,9 +21,10 @@ import numpy as np
 
 from .audit import AuditSink, NullAudit, prompt_hash
 from .classifier import Classifier
+from .classifier.chunking import sentence_windows
 from .corruption import Corruption
 from .decision import Decision, GuardedResult
-from .errors import EcoGuardError, UserError
+from .errors import EcoGuardError, InputError, UserError
 from .runner.base import GenerationOptions, MaskSpec, Messages, Runner, normalize_messages
 
 Prompt = str | Messages
@@ -176,8 +177,16 @@ class Guard:
         The building block for callers that batch generation themselves (the server's
         micro-batcher); they must write the audit record themselves.
         """
-        start = time.perf_counter()
-        groups = [classification_texts(m) for m in chats]
+        return self._decide_groups(chats, [classification_texts(m) for m in chats], time.perf_counter())
+
+    def _decide_groups(
+        self, chats: Sequence[list[dict[str, str]]], groups: Sequence[list[str]], start: float
+    ) -> list[Decision]:
+        """Decide each chat by the per-target maximum over its group of texts.
+
+        Shared by conversations (last turn + joined turns) and documents (sentence
+        windows), so both get one batched encoder pass and the same error handling.
+        """
         flat = [t for g in groups for t in g]
         error: str | None = None
         try:
@@ -273,6 +282,33 @@ class Guard:
     async def acheck_batch(self, prompts: Sequence[Prompt], *, audit: bool = True) -> list[Decision]:
         """Async twin of :meth:`check_batch`."""
         return await asyncio.to_thread(self.check_batch, prompts, audit=audit)
+
+    def check_documents(self, docs: Sequence[str]) -> list[Decision]:
+        """Score retrieved passages so that RAG context about a forget target can be dropped.
+
+        A passage is judged by its highest-scoring sentence window (see
+        :func:`eco_guard.classifier.chunking.sentence_windows`): one sentence about a
+        forget target inside a long, otherwise harmless passage is enough to flag it.
+        Every passage gets a decision (blank ones pass) and an audit record of kind
+        ``document``; the thresholds are the same as for prompts.
+        """
+        if isinstance(docs, str) or not isinstance(docs, Sequence):
+            raise InputError("check_documents() takes a sequence of strings, not a single string")
+        for i, doc in enumerate(docs):
+            if not isinstance(doc, str):
+                raise InputError(f"docs[{i}]: expected a string; got {type(doc).__name__}")
+        if not docs:
+            return []
+        start = time.perf_counter()
+        chats = [[{"role": "user", "content": doc}] for doc in docs]
+        decisions = self._decide_groups(chats, [sentence_windows(doc) for doc in docs], start)
+        for d, c in zip(decisions, chats):
+            self.audit.record(d, c, kind="document")
+        return decisions
+
+    async def acheck_documents(self, docs: Sequence[str]) -> list[Decision]:
+        """Async twin of :meth:`check_documents`."""
+        return await asyncio.to_thread(self.check_documents, docs)
 
     # ------------------------------------------------------------------ answering
 

@@ -153,10 +153,19 @@ class ModelSpec(StrictModel):
 
 
 class ClassifierSpec(StrictModel):
-    """The prompt classifier; ``target_fpr`` sets its threshold on held-out negatives."""
+    """The prompt classifier; ``target_fpr`` sets its threshold on held-out negatives.
+
+    ``calibration`` names negatives that look like the traffic the guard will see and
+    that no head trains on; the shared threshold is calibrated on them (and on held-out
+    background prompts). Without it, ``fit`` holds out the second half of each target's
+    retain examples instead, which costs training data and, with few retain examples,
+    cannot certify a small ``target_fpr``; split conformal needs about 1/target_fpr
+    held-out negatives.
+    """
 
     encoder: str = Field("default", min_length=1)
     target_fpr: float = Field(0.01, gt=0.0, lt=0.5, allow_inf_nan=False)
+    calibration: ExampleSource | None = None
 
 
 class AuditSpec(StrictModel):

@@ -429,3 +429,18 @@ def test_read_text_rows_standalone_raises_input_error(tmp_path: Path) -> None:
         read_text_rows(tmp_path / "nope.jsonl", field="text")
     good = write(tmp_path / "ok.csv", "id,text\n1,hello\n")
     assert read_text_rows(good, field="text") == [Example("hello")]
+
+
+def test_classifier_calibration_source(tmp_path: Path) -> None:
+    """Optional held-out negatives for the shared threshold; strict like every example source."""
+    text = MINIMAL.replace("version: 1\n", "version: 1\nclassifier:\n  calibration: {file: cal.jsonl, field: question}\n")
+    loaded = load_policy(write(tmp_path / "policy.yaml", text))
+    source = loaded.policy.classifier.calibration
+    assert source == ExampleSource(file="cal.jsonl", field="question")
+    assert load_policy(write(tmp_path / "min.yaml", MINIMAL)).policy.classifier.calibration is None
+    write(tmp_path / "cal.jsonl", "")
+    with pytest.raises(PolicyError, match="the calibration set is empty"):
+        load_examples(source, loaded=loaded, key="classifier.calibration")
+    bad = MINIMAL.replace("version: 1\n", "version: 1\nclassifier:\n  calibration: {file: a.txt, examples: [b]}\n")
+    with pytest.raises(PolicyError, match="classifier.calibration"):
+        load_policy(write(tmp_path / "bad.yaml", bad))

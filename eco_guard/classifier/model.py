@@ -1,7 +1,11 @@
-"""Per-target prompt classifier: one logistic head per forget target over sentence embeddings.
+"""Per-target prompt classifier: one logistic head per forget target over sentence
+embeddings joined with lexical (TF-IDF) features of the forget vocabulary.
 
-Heads are tiny (``dim + 1`` numbers each), so a decision costs one encoder forward plus
-a ``[dim, n_targets]`` matrix product, and fitting a policy takes seconds. What makes the
+The embedding half recognises topics and rewordings; the lexical half recognises the
+rare words (names, titles, jargon) that make a prompt about *this* target rather than
+about something of the same kind (see :mod:`eco_guard.classifier.lexical`). Heads are
+linear, so a decision costs one encoder forward, one sparse TF-IDF row and a
+``[features, n_targets]`` product, and fitting a policy takes seconds. What makes the
 scores usable is the threshold: it is calibrated by split conformal prediction on
 negatives no head saw, so "flag when score > threshold" comes with a stated
 false-positive rate (see :mod:`eco_guard.classifier.calibration` and :meth:`Classifier.fit`).
@@ -12,14 +16,14 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+from scipy import sparse
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -28,17 +32,25 @@ from tqdm import tqdm
 from eco_guard.classifier.background import background_prompts
 from eco_guard.classifier.calibration import Calibration, conformal_threshold
 from eco_guard.classifier.encoder import Encoder
+from eco_guard.classifier.lexical import Lexicon
 from eco_guard.errors import GuardLoadError, InputError, UserError
 
 FORMAT_NAME = "eco-guard-classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS_FILE = "classifier.safetensors"
 META_FILE = "classifier.json"
 
-_C = 4.0
-"""Inverse L2 strength of the heads. Embeddings are unit vectors, so separating a topic
-needs weights of norm ~10-20; C=1 shrinks them until forget paraphrases score like
-background, C>10 starts memorising the few forget examples."""
+_C = 16.0
+"""Inverse L2 strength of the heads. Unit-norm embeddings need weights of norm ~10-20 to
+separate a topic, and the lexical block needs room to put large weights on a few rare
+names: on TOFU (D1) C=4 reached TPR 0.96/0.93 on new questions/paraphrases, C=16 0.985/0.945
+at the same calibrated FPR, with no FPR cost on the few-shot protocol (D3)."""
+
+_LEXICAL_WEIGHT = 1.0
+"""Scale of the lexical block against the unit-norm embedding block. 2.0 lifted D1 TPR to
+0.99/0.985 but, with a handful of examples, tied heads to the examples' exact words: the
+France/Python unit policy then missed 3 of 7 reworded questions ("Which city is the French
+capital?"), against 0 of 7 at 1.0. One default must serve both, so rewordings win."""
 
 _EMBED_CHUNK = 256
 """Texts per progress-bar step while fitting; large enough to keep the encoder batched."""
@@ -104,6 +116,7 @@ class Classifier:
         weights: np.ndarray,
         bias: np.ndarray,
         thresholds: np.ndarray,
+        lexicon: Lexicon | None = None,
     ) -> None:
         n = len(target_ids)
         if n == 0:
@@ -113,9 +126,11 @@ class Classifier:
         weights = _frozen(weights)
         bias = _frozen(bias)
         thresholds = _frozen(thresholds)
-        if weights.shape != (n, encoder.dim) or bias.shape != (n,) or thresholds.shape != (n,):
+        lexicon = lexicon or Lexicon((), np.zeros(0))
+        if weights.shape != (n, encoder.dim + lexicon.size) or bias.shape != (n,) or thresholds.shape != (n,):
             raise UserError(
-                f"head shapes do not match {n} targets and encoder dim {encoder.dim}: weights {weights.shape}, "
+                f"head shapes do not match {n} targets, encoder dim {encoder.dim} and {lexicon.size} lexical "
+                f"features: weights {weights.shape}, "
                 f"bias {bias.shape}, thresholds {thresholds.shape}"
             )
         self._encoder = encoder
@@ -123,6 +138,7 @@ class Classifier:
         self._weights = weights
         self._bias = bias
         self._thresholds = thresholds
+        self._lexicon = lexicon
 
     @property
     def encoder(self) -> Encoder:
@@ -141,7 +157,7 @@ class Classifier:
 
     @property
     def weights(self) -> np.ndarray:
-        """Head weights ``[n_targets, dim]`` (read-only); exposed for reports and reproducibility checks."""
+        """Head weights ``[n_targets, dim + lexical terms]`` (read-only); for reports and reproducibility checks."""
         return self._weights
 
     @property
@@ -149,16 +165,14 @@ class Classifier:
         """Head intercepts ``[n_targets]`` (read-only)."""
         return self._bias
 
+    @property
+    def lexicon(self) -> Lexicon:
+        """The lexical vocabulary the heads' trailing weight columns belong to."""
+        return self._lexicon
+
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """Scores ``[n, n_targets]`` for a batch of texts; one encoder call for the whole batch."""
-        return self.score_embeddings(self._encoder.encode(texts))
-
-    def score_embeddings(self, emb: np.ndarray) -> np.ndarray:
-        """Scores for embeddings already produced by :attr:`encoder` (lets callers reuse them)."""
-        emb = np.asarray(emb)
-        if emb.ndim != 2 or emb.shape[1] != self._weights.shape[1]:
-            raise InputError(f"expected embeddings of shape [n, {self._weights.shape[1]}], got {emb.shape}")
-        return _head_scores(emb, self._weights, self._bias)
+        return _head_scores(self._encoder.encode(texts), self._lexicon.transform(texts), self._weights, self._bias)
 
     def decide(self, scores: np.ndarray) -> list[Verdict]:
         """Apply the thresholds; when several targets fire, report the one furthest above its threshold.
@@ -187,7 +201,7 @@ class Classifier:
         """Write the heads (safetensors, exact float64) and their metadata (JSON) to ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
         save_file(
-            {"weights": self._weights, "bias": self._bias, "thresholds": self._thresholds},
+            {"weights": self._weights, "bias": self._bias, "thresholds": self._thresholds, "idf": self._lexicon.idf},
             str(directory / WEIGHTS_FILE),
         )
         meta = {
@@ -196,6 +210,7 @@ class Classifier:
             "target_ids": self._target_ids,
             "encoder": self._encoder.name,
             "dim": self._encoder.dim,
+            "lexical_terms": list(self._lexicon.terms),
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
@@ -212,7 +227,7 @@ class Classifier:
             tensors = load_file(str(directory / WEIGHTS_FILE))
         except Exception as exc:  # safetensors raises several types for a missing or damaged file
             raise GuardLoadError(f"{directory / WEIGHTS_FILE}: cannot read classifier heads ({exc}); re-run fit") from exc
-        missing = {"weights", "bias", "thresholds"} - set(tensors)
+        missing = {"weights", "bias", "thresholds", "idf"} - set(tensors)
         if missing:
             raise GuardLoadError(f"{directory / WEIGHTS_FILE}: missing tensors {sorted(missing)}; re-run fit")
         if meta["dim"] != encoder.dim:
@@ -225,12 +240,13 @@ class Classifier:
                 f"{directory}: heads were fitted with encoder {meta['encoder']!r}, loading with {encoder.name!r}",
                 stacklevel=2,
             )
-        arrays = {k: np.asarray(tensors[k], dtype=np.float64) for k in ("weights", "bias", "thresholds")}
+        arrays = {k: np.asarray(tensors[k], dtype=np.float64) for k in ("weights", "bias", "thresholds", "idf")}
         if not all(np.all(np.isfinite(a)) for a in arrays.values()):
             raise GuardLoadError(f"{directory / WEIGHTS_FILE}: contains NaN or infinite values; re-run fit")
         try:
-            return cls(encoder, meta["target_ids"], arrays["weights"], arrays["bias"], arrays["thresholds"])
-        except UserError as exc:
+            lexicon = Lexicon(tuple(meta["lexical_terms"]), arrays["idf"])
+            return cls(encoder, meta["target_ids"], arrays["weights"], arrays["bias"], arrays["thresholds"], lexicon)
+        except (UserError, ValueError) as exc:
             raise GuardLoadError(f"{directory}: inconsistent classifier files: {exc}") from exc
 
     @classmethod
@@ -242,65 +258,76 @@ class Classifier:
         target_fpr: float,
         seed: int = 0,
         background: Sequence[str] | None = None,
+        calibration: Sequence[str] | None = None,
         progress: bool = True,
     ) -> tuple[Classifier, list[TargetFit]]:
         """Fit one head per target, then calibrate one threshold for all of them.
 
         Negatives for a target's head are its retain texts, the other targets' forget texts
-        and the background prompts. Half of every target's retain texts and half of the
-        background are held out: no head trains on them. Splits are seeded per target id,
-        so reordering or adding targets does not change another target's split.
+        and the background prompts. Half of the background is held out from every head.
+        ``calibration`` (the policy's ``classifier.calibration`` negatives: a sample of the
+        traffic the guard will see) is held out too; without it, the second half of each
+        target's retain texts *in file order* is held out instead. Contiguous rather than
+        random, because example files list an entity's rows together and a random split
+        would calibrate on near-copies of training rows (on TOFU it put 0.6% FPR on
+        calibration and 10% on new authors).
 
-        The threshold is calibrated on the pooled held-out negatives with the *max score
-        over targets* as the conformal score, and shared by every head. A prompt counts as
-        flagged when any target flags it, so this is what makes ``target_fpr`` bound the
-        rate at which a negative is flagged at all. Per-target thresholds at ``target_fpr``
-        each would let n targets flag up to n times that rate, and thresholds fitted only
-        on a target's own retain examples ignore the near neighbours other targets name.
-        On the TOFU few-shot protocol (20 targets, D3 in DESIGN.md) the per-target scheme
-        flagged 9% of MMLU and 98% of held-out TOFU retain questions, the joint one 0% and
-        3%, at 96% recall. With one target the two schemes are the same.
+        The threshold is shared by every head and uses the *max score over targets* as the
+        conformal score: a prompt counts as flagged when any target flags it, so this is
+        what makes ``target_fpr`` bound the rate at which a negative is flagged at all
+        (per-target thresholds let n targets flag up to n times that rate). Each source of
+        held-out negatives (policy calibration or held-out retain; held-out background)
+        gets its own split-conformal threshold and the largest wins, so the rate is bounded
+        for traffic like *each* source rather than for their mixture, where a large generic
+        background would hide a high rate on near neighbours.
         """
         targets = list(targets)
         _validate_targets(targets)
         if not 0.0 < target_fpr < 1.0:
             raise UserError(f"target_fpr must be strictly between 0 and 1, got {target_fpr}")
         bg = _unique(background_prompts() if background is None else background)
-
-        # Every distinct text is embedded exactly once, whatever roles it plays.
-        row_of: dict[str, int] = {}
-        for text in [s for t in targets for s in (*t.forget, *t.retain)] + bg:
-            row_of.setdefault(text, len(row_of))
-        emb = _embed(encoder, list(row_of), progress)
+        user_cal = _unique(calibration or [])
 
         bg_order = np.random.default_rng(seed).permutation(len(bg))
         n_bg_cal = len(bg) // 2
         bg_cal = [bg[i] for i in bg_order[:n_bg_cal]]
         bg_train = [bg[i] for i in bg_order[n_bg_cal:]]
 
-        plans = [_plan_target(t, targets, bg_train, seed) for t in targets]
+        plans = [_plan_target(t, targets, bg_train, hold_out_retain=not user_cal) for t in targets]
         # Held out from every head: no text any head trains on may calibrate the shared threshold.
         trained = {s for plan in plans for s in plan.train_texts}
-        pool = [s for s in _unique([s for plan in plans for s in plan.retain_cal] + bg_cal) if s not in trained]
-        if not pool:
+        near = _unique(user_cal or [s for plan in plans for s in plan.retain_cal])
+        sources = {
+            ("calibration" if user_cal else "held-out retain"): [s for s in near if s not in trained],
+            "held-out background": [s for s in bg_cal if s not in trained],
+        }
+        sources = {name: texts for name, texts in sources.items() if texts}
+        if not sources:
             raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
 
-        weights = np.zeros((len(targets), encoder.dim))
+        # Every distinct text is embedded exactly once, whatever roles it plays.
+        row_of: dict[str, int] = {}
+        for text in [s for plan in plans for s in plan.train_texts] + [s for v in sources.values() for s in v]:
+            row_of.setdefault(text, len(row_of))
+        texts = list(row_of)
+        lexicon = Lexicon.fit([s for t in targets for s in t.forget], sorted(trained))
+        emb = _embed(encoder, texts, progress)
+        lex = lexicon.transform(texts)
+        feats = _features(emb, lex)
+
+        weights = np.zeros((len(targets), feats.shape[1]))
         bias = np.zeros(len(targets))
         for i, plan in enumerate(tqdm(plans, desc="fitting heads", unit="target", disable=not progress, file=sys.stderr)):
             head = LogisticRegression(C=_C, class_weight="balanced", max_iter=5000)
-            head.fit(emb[[row_of[s] for s in plan.train_texts]], plan.train_labels)
+            head.fit(feats[[row_of[s] for s in plan.train_texts]], plan.train_labels)
             weights[i] = head.coef_[0]
             bias[i] = head.intercept_[0]
 
         # Calibrate with the exact scoring code used at run time, so a calibration score and
-        # a live score of the same embedding are bit-identical.
-        all_scores = _head_scores(emb, weights, bias)
-        joint = conformal_threshold(all_scores[[row_of[s] for s in pool]].max(axis=1), target_fpr)
-        calibration = replace(
-            joint,
-            note=f"one threshold shared by all {len(targets)} targets, calibrated on the max score over targets, "
-            f"so the rate bounds a prompt being flagged by any target; {joint.note}",
+        # a live score of the same text are bit-identical.
+        all_scores = _head_scores(emb, lex, weights, bias)
+        calibration_result = _joint_threshold(
+            {name: all_scores[[row_of[s] for s in v]].max(axis=1) for name, v in sources.items()}, target_fpr, len(targets)
         )
         fits = [
             TargetFit(
@@ -308,14 +335,67 @@ class Classifier:
                 n_forget=plan.n_forget,
                 n_retain_train=plan.n_retain_train,
                 n_background_train=plan.n_background_train,
-                n_calibration=len(pool),
-                calibration=calibration,
+                n_calibration=calibration_result.n_calibration,
+                calibration=calibration_result,
                 train_auc=float(roc_auc_score(plan.train_labels, all_scores[[row_of[s] for s in plan.train_texts], i])),
             )
             for i, (target, plan) in enumerate(zip(targets, plans))
         ]
-        thresholds = np.full(len(targets), calibration.threshold)
-        return cls(encoder, [t.id for t in targets], weights, bias, thresholds), fits
+        thresholds = np.full(len(targets), calibration_result.threshold)
+        return cls(encoder, [t.id for t in targets], weights, bias, thresholds, lexicon), fits
+
+
+def _joint_threshold(
+    max_scores: dict[str, np.ndarray], target_fpr: float, n_targets: int, *, estimate: bool = True
+) -> Calibration:
+    """The largest of the per-source conformal thresholds, with a note naming each source.
+
+    A source too small to certify ``target_fpr`` on its own (a few held-out retain
+    examples) is not dropped: all sources are then also pooled, and the pooled threshold
+    competes too, so those near neighbours still count, with the guarantee stated for
+    the mixture.
+    """
+    per_source = {name: conformal_threshold(scores, target_fpr) for name, scores in max_scores.items()}
+    candidates = {name: c for name, c in per_source.items() if c.achievable}
+    if len(candidates) < len(per_source):
+        candidates["all sources pooled"] = conformal_threshold(np.concatenate(list(max_scores.values())), target_fpr)
+    name, best = max(candidates.items(), key=lambda item: item[1].threshold)
+    parts = [
+        f"{n}: n={c.n_calibration}, threshold {c.threshold:.4f}" + ("" if c.achievable else " (too few to certify alone)")
+        for n, c in {**per_source, **candidates}.items()
+    ]
+    note = (
+        f"one threshold shared by all {n_targets} target(s), calibrated on the max score over targets; "
+        f"split conformal per source of held-out negatives ({'; '.join(parts)}); the largest ({name}) is used"
+    )
+    if not best.achievable:
+        note += f". {best.note}"
+    if estimate:
+        rates = ", ".join(f"{n} {r:.4f}" for n, r in _two_fold_fpr(max_scores, target_fpr, n_targets).items())
+        note += f". Estimated false-positive rate on unseen negatives (2-fold cross-calibration): {rates}"
+    return Calibration(
+        threshold=best.threshold,
+        target_fpr=target_fpr,
+        n_calibration=sum(c.n_calibration for c in per_source.values()),
+        achievable=best.achievable,
+        note=note,
+    )
+
+
+def _two_fold_fpr(max_scores: dict[str, np.ndarray], target_fpr: float, n_targets: int) -> dict[str, float]:
+    """Flag rate of each source at a threshold calibrated without those rows.
+
+    The rate on the calibration rows themselves is <= target_fpr by construction, so it
+    says nothing; calibrating on alternate halves and measuring on the other half gives
+    an honest estimate of what new traffic like each source will see.
+    """
+    flagged = {name: 0 for name in max_scores}
+    for fold in (0, 1):
+        fitted = {n: v[fold::2] for n, v in max_scores.items() if v[fold::2].size}
+        threshold = _joint_threshold(fitted, target_fpr, n_targets, estimate=False).threshold
+        for name, scores in max_scores.items():
+            flagged[name] += int(np.sum(scores[1 - fold :: 2] > threshold))
+    return {name: flagged[name] / max(v.size, 1) for name, v in max_scores.items()}
 
 
 @dataclass(frozen=True)
@@ -330,19 +410,18 @@ class _TargetPlan:
     n_background_train: int
 
 
-def _plan_target(target: TargetData, targets: list[TargetData], bg_train: list[str], seed: int) -> _TargetPlan:
+def _plan_target(target: TargetData, targets: list[TargetData], bg_train: list[str], *, hold_out_retain: bool) -> _TargetPlan:
     """Choose one head's training rows: its forget texts against everything it must not flag.
 
     A forget text is never a negative for its own target (if the background or another
-    target contains it, the policy's forget list wins).
+    target contains it, the policy's forget list wins). With ``hold_out_retain`` the
+    second half of the retain texts, in the order given, is left for calibration.
     """
     positives = _unique(target.forget)
     forget_set = set(positives)
     retain = [s for s in _unique(target.retain) if s not in forget_set]
-    order = np.random.default_rng([seed, zlib.crc32(target.id.encode("utf-8"))]).permutation(len(retain))
-    n_retain_cal = len(retain) // 2
-    retain_cal = [retain[i] for i in order[:n_retain_cal]]
-    retain_train = [retain[i] for i in order[n_retain_cal:]]
+    n_retain_train = len(retain) - len(retain) // 2 if hold_out_retain else len(retain)
+    retain_train, retain_cal = retain[:n_retain_train], retain[n_retain_train:]
     other_forget = [s for t in targets if t.id != target.id for s in t.forget]
 
     negatives = [s for s in _unique(retain_train + other_forget + bg_train) if s not in forget_set]
@@ -374,9 +453,21 @@ def _validate_targets(targets: list[TargetData]) -> None:
             raise UserError(f"target {t.id!r} has no forget examples")
 
 
-def _head_scores(emb: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """Sigmoid of the linear heads, in float64 so thresholds compare at full precision."""
-    return expit(emb.astype(np.float64) @ weights.T + bias)
+def _features(emb: np.ndarray, lex: sparse.csr_matrix) -> sparse.csr_matrix:
+    """Embedding and lexical blocks side by side, each row of each block of unit norm before weighting."""
+    return sparse.hstack([sparse.csr_matrix(emb.astype(np.float64)), _LEXICAL_WEIGHT * lex], format="csr")
+
+
+def _head_scores(emb: np.ndarray, lex: sparse.csr_matrix, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Sigmoid of the linear heads, in float64 so thresholds compare at full precision.
+
+    The same linear function as ``_features(emb, lex) @ weights.T``, computed per block:
+    stacking a dense embedding into a sparse matrix on every request cost more than the
+    products themselves.
+    """
+    dim = emb.shape[1]
+    linear = emb.astype(np.float64) @ weights[:, :dim].T + _LEXICAL_WEIGHT * np.asarray(lex @ weights[:, dim:].T)
+    return expit(linear + bias)
 
 
 def _embed(encoder: Encoder, texts: list[str], progress: bool) -> np.ndarray:
@@ -421,6 +512,9 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     ids = meta.get("target_ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise GuardLoadError(f"{path}: target_ids must be a list of strings")
+    terms = meta.get("lexical_terms")
+    if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
+        raise GuardLoadError(f"{path}: lexical_terms must be a list of strings")
     if not isinstance(meta.get("dim"), int) or not isinstance(meta.get("encoder"), str):
         raise GuardLoadError(f"{path}: missing or invalid 'dim' / 'encoder'")
     return meta
