@@ -253,6 +253,57 @@ def cmd_chat(args: argparse.Namespace) -> int:
         history.append({"role": "assistant", "content": "".join(pieces)})
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the guard over an OpenAI-compatible HTTP API until SIGINT/SIGTERM."""
+    from .server.config import ServerConfig
+
+    try:
+        from .server.run import serve
+    except ImportError as exc:
+        raise InputError(f"serve: the server extra is not installed ({exc}); pip install 'eco-guard[server]'") from exc
+    try:
+        config = ServerConfig(
+            max_body_bytes=args.max_body_bytes,
+            request_timeout_s=args.request_timeout,
+            batch_window_ms=args.batch_window_ms,
+            max_batch_size=args.max_batch_size,
+            default_max_tokens=args.max_new_tokens,
+        )
+    except ValueError as exc:
+        raise InputError(f"serve: {exc}") from exc
+    serve(args.guard, host=args.host, port=args.port, config=config, audit_path=args.audit)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Efficacy of a fitted guard on a forget and a retain set, guard on vs off (DESIGN §8)."""
+    from .evaluation.data import read_mc_rows, read_qa_rows
+    from .evaluation.evaluate import evaluate_mc, evaluate_qa
+    from .evaluation.report import write_eval
+    from .runner.base import GenerationOptions
+
+    if args.batch_size < 1:
+        raise InputError("eval: --batch-size must be at least 1")
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens)
+    files = {"forget": Path(args.forget), "retain": Path(args.retain)}
+    answer_field = args.answer_field or None
+    # Read and validate both files before loading any model.
+    if args.mc:
+        mc_sets = {name: read_mc_rows(path, field=args.field) for name, path in files.items()}
+    else:
+        qa_sets = {name: read_qa_rows(path, field=args.field, answer_field=answer_field) for name, path in files.items()}
+    guard = _load_guard(args)
+    if args.mc:
+        sets = {name: evaluate_mc(guard, items, name=name) for name, items in mc_sets.items()}
+    else:
+        sets = {name: evaluate_qa(guard, rows, options=options, batch_size=args.batch_size, name=name) for name, rows in qa_sets.items()}
+    result = {"guard": str(Path(args.guard).resolve()), "mc": args.mc, "files": {k: str(v) for k, v in files.items()}, "sets": sets}
+    paths = write_eval(Path(args.out), result)
+    summary = {name: (s["summary"] if "summary" in s else s) for name, s in sets.items()}
+    _emit({"out": str(Path(args.out)), "files": [str(p) for p in paths], "sets": summary})
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -306,6 +357,32 @@ def build_parser() -> argparse.ArgumentParser:
     guard_arg(p)
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     p.set_defaults(func=cmd_chat)
+
+    from .server.config import ServerConfig  # plain dataclass: no server extra needed to parse
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with the guard in front")
+    guard_arg(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--audit", help="audit JSONL file (default: the policy's audit.path)")
+    p.add_argument("--max-body-bytes", type=int, default=ServerConfig.max_body_bytes, help="larger requests get 413")
+    p.add_argument("--request-timeout", type=float, default=ServerConfig.request_timeout_s, help="seconds before a request gets 504")
+    p.add_argument("--batch-window-ms", type=float, default=ServerConfig.batch_window_ms, help="micro-batch gathering window (<= 10)")
+    p.add_argument("--max-batch-size", type=int, default=ServerConfig.max_batch_size)
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="default max_tokens")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("eval", help="efficacy of a guard: recall/accuracy with the guard on and off, flags, fluency")
+    guard_arg(p)
+    p.add_argument("--forget", required=True, help="questions the guard should make the model forget")
+    p.add_argument("--retain", required=True, help="questions that must keep working")
+    p.add_argument("--mc", action="store_true", help="multiple choice: JSONL rows with question, choices, answer index")
+    p.add_argument("--out", required=True, help="directory for eval.json, eval.md and eval.png")
+    p.add_argument("--field", default="question", help="field holding the question (default: question)")
+    p.add_argument("--answer-field", default="answer", help="field holding the gold answer; '' for none")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_eval)
 
     return parser
 

@@ -1,0 +1,42 @@
+"""Server settings, in one frozen object so the CLI, tests and benchmarks share defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits and batching knobs of one server process.
+
+    The defaults are sized for the bundled 135M model on a small CPU: a 10 ms window is
+    long enough for clients that resend together to land in one batch, and short enough
+    that a lone request barely notices it.
+    """
+
+    #: requests larger than this are refused with 413 before they are parsed
+    max_body_bytes: int = 1_000_000
+    #: a non-streaming request (or a stream's first token) taking longer gets 504
+    request_timeout_s: float = 120.0
+    #: how long the micro-batcher waits for companions after the first request of a batch
+    batch_window_ms: float = 10.0
+    #: most rows in one batched generate
+    max_batch_size: int = 16
+    #: used when a request gives no max_tokens
+    default_max_tokens: int = 128
+    #: most texts one /v1/guard/check request may carry
+    max_check_inputs: int = 256
+    #: the model id reported by /v1/models and in responses; None: the guard's name
+    model_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1024:
+            raise ValueError("max_body_bytes must be at least 1024")
+        if self.request_timeout_s <= 0:
+            raise ValueError("request_timeout_s must be positive")
+        if not 0 <= self.batch_window_ms <= 10:
+            raise ValueError("batch_window_ms must be between 0 and 10")
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if self.default_max_tokens < 1:
+            raise ValueError("default_max_tokens must be at least 1")
