@@ -220,26 +220,14 @@ class Guard:
         latency_ms: float,
         error: str | None = None,
     ) -> Decision:
-        if target is None:
-            return Decision(
-                request_id=uuid.uuid4().hex,
-                flagged=False,
-                action="pass",
-                target=None,
-                score=float(score),
-                threshold=float(threshold),
-                latency_ms=round(latency_ms, 3),
-                scores=scores,
-                error=error,
-            )
-        rule = self._rules_by_id[target]
+        rule = self._rules_by_id[target] if target is not None else None
         corruption = None
-        if rule.action == "corrupt":
+        if rule is not None and rule.action == "corrupt":
             corruption = {**rule.corruption.with_seed(self._request_seed(chat)).to_dict(), "scope": rule.mask.scope}
         return Decision(
             request_id=uuid.uuid4().hex,
-            flagged=True,
-            action=rule.action,
+            flagged=rule is not None,
+            action=rule.action if rule is not None else "pass",
             target=target,
             score=float(score),
             threshold=float(threshold),
