@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -47,6 +48,18 @@ PROMPTS = [
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def interleaved(reps: int, first: Callable[[], object], second: Callable[[], object]) -> tuple[list[float], list[float]]:
+    """Time two calls alternately, so machine-load drift hits both sides of a ratio alike."""
+    a: list[float] = []
+    b: list[float] = []
+    for _ in range(reps):
+        for fn, out in ((first, a), (second, b)):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return a, b
 
 
 def main() -> int:
@@ -92,26 +105,20 @@ def main() -> int:
     assert not guard.check(UNFLAGGED).flagged
     guard.invoke(UNFLAGGED, opts)
     runner.generate([msgs], None, options=opts)
-    bare_t, guard_t = [], []
-    for _ in range(args.reps):
-        t = time.perf_counter()
-        runner.generate([msgs], None, options=opts)
-        bare_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        guard.invoke(UNFLAGGED, opts)
-        guard_t.append(time.perf_counter() - t)
+    bare_t, guard_t = interleaved(
+        args.reps,
+        lambda: runner.generate([msgs], None, options=opts),
+        lambda: guard.invoke(UNFLAGGED, opts),
+    )
 
     # --- corrupted vs clean tokens/s (same prompt, same number of tokens), interleaved
     corruption = guard.rules[0].corruption
     fmsgs = [{"role": "user", "content": FLAGGED}]
-    clean_t, corr_t = [], []
-    for _ in range(args.reps):
-        t = time.perf_counter()
-        runner.generate([fmsgs], None, options=opts)
-        clean_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        runner.generate([fmsgs], corruption, options=opts)
-        corr_t.append(time.perf_counter() - t)
+    clean_t, corr_t = interleaved(
+        args.reps,
+        lambda: runner.generate([fmsgs], None, options=opts),
+        lambda: runner.generate([fmsgs], corruption, options=opts),
+    )
 
     clean_tps = args.tokens / statistics.median(clean_t)
     corr_tps = args.tokens / statistics.median(corr_t)
