@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -347,31 +347,49 @@ class Guard:
         """Async twin of :meth:`batch`."""
         return await asyncio.to_thread(self.batch, prompts, options)
 
+    def answer_decided(self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()) -> str:
+        """Answer a request that is already decided (and audited by the caller): the
+        refusal text, or the local model's answer with the decision's corruption (none
+        for a pass). For callers that classify separately, like the LangChain router."""
+        corruption, mask, refusal = self.route(decision)
+        if refusal is not None:
+            return refusal
+        return self.runner.generate([chat], [corruption], [mask], options)[0]
+
+    def stream_decided(
+        self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()
+    ) -> Iterator[str]:
+        """Streaming twin of :meth:`answer_decided`."""
+        corruption, mask, refusal = self.route(decision)
+        if refusal is not None:
+            return iter([refusal])
+        return iter(self.runner.stream(chat, corruption, mask, options))
+
+    async def astream_decided(
+        self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()
+    ) -> AsyncIterator[str]:
+        """Async twin of :meth:`stream_decided`; loading the model (first use) happens off the loop."""
+        corruption, mask, refusal = self.route(decision)
+        if refusal is not None:
+            yield refusal
+            return
+        runner = await asyncio.to_thread(lambda: self.runner)
+        async for piece in runner.astream(chat, corruption, mask, options):
+            yield piece
+
     def stream(self, prompt: Prompt, options: GenerationOptions = GenerationOptions()) -> GuardedStream:
         """Stream one guarded answer; the audit line is written once the decision is made."""
         chat = normalize_messages(prompt)
         decision = self.decide_batch([chat])[0]
-        corruption, mask, refusal = self.route(decision)
         self.audit.record(decision, chat, kind="stream")
-        if refusal is not None:
-            return GuardedStream(decision, iter([refusal]))
-        return GuardedStream(decision, iter(self.runner.stream(chat, corruption, mask, options)))
+        return GuardedStream(decision, self.stream_decided(chat, decision, options))
 
     async def astream(self, prompt: Prompt, options: GenerationOptions = GenerationOptions()) -> AsyncGuardedStream:
         """Async twin of :meth:`stream`."""
         chat = normalize_messages(prompt)
         decision = (await asyncio.to_thread(self.decide_batch, [chat]))[0]
-        corruption, mask, refusal = self.route(decision)
         self.audit.record(decision, chat, kind="stream")
-        if refusal is not None:
-            text = refusal
-
-            async def once() -> AsyncIterator[str]:
-                yield text
-
-            return AsyncGuardedStream(decision, once())
-        runner = await asyncio.to_thread(lambda: self.runner)
-        return AsyncGuardedStream(decision, runner.astream(chat, corruption, mask, options))
+        return AsyncGuardedStream(decision, self.astream_decided(chat, decision, options))
 
     def close(self) -> None:
         """Close the audit sink."""

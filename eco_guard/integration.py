@@ -6,10 +6,8 @@ Kept here, free of any framework import, so that both integration packages resol
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +15,6 @@ from pydantic import BeforeValidator
 
 from .decision import Decision
 from .guard import Guard
-from .runner.base import GenerationOptions
 
 GuardLike = Guard | str | os.PathLike[str]
 
@@ -52,33 +49,3 @@ def diverts(decision: Decision) -> bool:
 GuardField = Annotated[Guard, BeforeValidator(as_guard)]
 """Type of a pydantic ``guard`` field (LangChain and LlamaIndex classes are pydantic
 models): accepts a ``Guard`` or a fitted-guard directory, see :func:`as_guard`."""
-
-
-def answer_decided(guard: Guard, chat: list[dict[str, str]], decision: Decision, options: GenerationOptions) -> str:
-    """Answer a request a caller has already classified (and audited): the refusal text,
-    or the local model's answer with the decision's corruption (none for a pass)."""
-    corruption, mask, refusal = guard.route(decision)
-    if refusal is not None:
-        return refusal
-    return guard.runner.generate([chat], [corruption], [mask], options)[0]
-
-
-def stream_decided(guard: Guard, chat: list[dict[str, str]], decision: Decision, options: GenerationOptions) -> Iterator[str]:
-    """Streaming twin of :func:`answer_decided`."""
-    corruption, mask, refusal = guard.route(decision)
-    if refusal is not None:
-        return iter([refusal])
-    return iter(guard.runner.stream(chat, corruption, mask, options))
-
-
-async def astream_decided(
-    guard: Guard, chat: list[dict[str, str]], decision: Decision, options: GenerationOptions
-) -> AsyncIterator[str]:
-    """Async twin of :func:`stream_decided`; loading the model (first use) happens off the loop."""
-    corruption, mask, refusal = guard.route(decision)
-    if refusal is not None:
-        yield refusal
-        return
-    runner = await asyncio.to_thread(lambda: guard.runner)
-    async for piece in runner.astream(chat, corruption, mask, options):
-        yield piece

@@ -176,15 +176,7 @@ class GuardService:
     async def stream(self, job: ChatJob) -> tuple[Decision, AsyncIterator[str]]:
         """Decide, then stream the answer piece by piece (bypassing the generate batcher)."""
         decision = await self.decide(job.chat, "stream")
-        corruption, mask, refusal = self.guard.route(decision)
-        if refusal is not None:
-            text = refusal
-
-            async def once() -> AsyncIterator[str]:
-                yield text
-
-            return decision, once()
-        return decision, self.runner.astream(job.chat, corruption, mask, job.options)
+        return decision, self.guard.astream_decided(job.chat, decision, job.options)
 
     async def check(self, chats: list[Chat]) -> list[Decision]:
         """Decisions only; all inputs of the request join the classifier batch together."""

@@ -14,7 +14,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field
 
 from eco_guard.decision import Decision
-from eco_guard.integration import GuardField, answer_decided, astream_decided, stream_decided
+from eco_guard.integration import GuardField
 from eco_guard.runner.base import GenerationOptions
 
 from ._convert import StopCutter, decision_metadata, to_chat
@@ -108,7 +108,7 @@ class EcoGuardChatModel(BaseChatModel):
         if decision is None:
             stream = self.guard.stream(chat, options)
             return stream.decision, iter(stream)
-        return decision, stream_decided(self.guard, chat, decision, options)
+        return decision, self.guard.stream_decided(chat, decision, options)
 
     async def _apieces(
         self, chat: list[dict[str, str]], decision: Decision | None, options: GenerationOptions
@@ -116,7 +116,7 @@ class EcoGuardChatModel(BaseChatModel):
         if decision is None:
             stream = await self.guard.astream(chat, options)
             return stream.decision, aiter(stream)
-        return decision, astream_decided(self.guard, chat, decision, options)
+        return decision, self.guard.astream_decided(chat, decision, options)
 
     def _result(self, text: str, decision: Decision, stop: list[str] | None) -> ChatResult:
         message = AIMessage(content=StopCutter(stop or self.stop).cut(text), response_metadata=decision_metadata(decision, self.model_name))
@@ -135,7 +135,7 @@ class EcoGuardChatModel(BaseChatModel):
         if decision is None:
             result = self.guard.invoke(chat, options)
             return self._result(result.text, result.decision, stop)
-        return self._result(answer_decided(self.guard, chat, decision, options), decision, stop)
+        return self._result(self.guard.answer_decided(chat, decision, options), decision, stop)
 
     async def _agenerate(
         self,
@@ -148,7 +148,7 @@ class EcoGuardChatModel(BaseChatModel):
         if decision is None:
             result = await self.guard.ainvoke(chat, options)
             return self._result(result.text, result.decision, stop)
-        text = await asyncio.to_thread(answer_decided, self.guard, chat, decision, options)
+        text = await asyncio.to_thread(self.guard.answer_decided, chat, decision, options)
         return self._result(text, decision, stop)
 
     def _stream(
