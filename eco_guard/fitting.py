@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .artifact import FittedTarget, write_guard
 from .classifier import Classifier, Encoder, TargetData, resolve_encoder_path
 from .corruption import Corruption
+from .entities import extract_terms
 from .examples import Example, load_examples
 from .optimize import SearchConfig, SearchResult, search_strength
 from .policy import LoadedPolicy, TargetSpec, load_policy, policy_to_dict
@@ -111,38 +110,6 @@ def embedding_stats(runner: TransformersRunner) -> EmbeddingStats:
     """What the default strength needs from the runner's embedding table."""
     weight = runner.model.get_input_embeddings().weight
     return EmbeddingStats(std=float(weight.float().std()), dim=int(weight.shape[1]))
-
-
-#: a run of capitalised words, allowing the lower-case joiners names and titles contain
-_CAPITALISED_RUN = re.compile(
-    r"[A-Z][\w'’.-]*(?:\s+(?:(?:of|and|the|de|da|del|la|le|van|von|der|du|y)\s+)*[A-Z][\w'’.-]*)*"
-)
-
-_POSSESSIVE = re.compile(r"['’]s$")
-
-
-def extract_terms(texts: Sequence[str], *, min_count: int = 2) -> list[str]:
-    """Names and titles to corrupt under ``scope: entities`` when the policy lists none.
-
-    Candidates are runs of capitalised words; a run that opens a text is also taken
-    without its first word (sentence case says nothing about names). Terms that recur in at
-    least ``min_count`` examples are kept, since a forget target is usually about a
-    few entities asked about many ways (TOFU: 20 questions per author); when nothing
-    recurs, every candidate is kept. Longest first, so the runner marks whole names.
-    """
-    counts: Counter[str] = Counter()
-    for text in texts:
-        found = set()
-        for m in _CAPITALISED_RUN.finditer(text):
-            span = _POSSESSIVE.sub("", m.group(0)).rstrip(".'’-")
-            spans = [span]
-            if m.start() == 0:  # "Is Basil ..." / "Jane Austen ...": keep both readings
-                spans = [span.partition(" ")[2]] + ([span] if " " in span else [])
-            found.update(t for t in spans if " " in t or len(t) >= 3)
-        counts.update(found)
-    recurring = [t for t, n in counts.items() if n >= min_count]
-    chosen = recurring or list(counts)
-    return sorted(chosen, key=lambda t: (-len(t), t))
 
 
 def _fit_corruption(

@@ -18,7 +18,10 @@ The loss of a strength is the sum of hinge penalties, each 0 when its goal is me
 * fluency: mean token log-prob of the corrupted answers under the *clean* model
   (scored in a neutral context, :data:`~eco_guard.evaluation.metrics.FLUENCY_CONTEXT`)
   more than :data:`FLUENCY_TOLERANCE` (25%) worse than the clean answers' own, relative;
-* loops: a mean distinct-token ratio below :data:`MIN_DISTINCT`.
+* loops: the fraction of corrupted answers whose distinct-token ratio is below
+  :data:`MIN_DISTINCT`. Per answer, not on average: a mean hides a third of the
+  answers looping ("The original sentence is: The original sentence is: ...") behind
+  the fluent rest, and every looping answer is one a user sees.
 
 Every evaluated strength is kept (the strength-vs-objective curve of the fit report).
 The chosen strength is the lowest-loss point; among tied points (usually: all those
@@ -48,6 +51,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .corruption import Corruption
 from .evaluation.metrics import (
+    MIN_DISTINCT,
     MCItem,
     answer_logprob,
     contains_answer,
@@ -61,8 +65,6 @@ from .runner.base import GenerationOptions, MaskSpec, Runner
 #: corrupted answers may be at most this much less likely (relative, in mean token
 #: log-prob under the clean model) than the clean answers
 FLUENCY_TOLERANCE = 0.25
-#: mean distinct-token ratio below which answers count as looping
-MIN_DISTINCT = 0.5
 #: the search stays within [default / SPAN, default * SPAN]
 SPAN = 10.0
 
@@ -91,8 +93,9 @@ class Point:
     strength: float
     metric: float
     fluency: float | None
-    distinct: float
+    distinct: float  # mean distinct-token ratio
     loss: float
+    looping: float = 0.0  # fraction of answers below MIN_DISTINCT
 
 
 @dataclass
@@ -193,25 +196,27 @@ class _Probe:
             return sum(not _diverged(t, r.gold) for t, r in zip(texts, self.rows)) / len(self.rows)
         return sum(contains_answer(t, r.gold) for t, r in zip(texts, self.rows)) / len(self.rows)
 
-    def quality(self, texts: Sequence[str]) -> tuple[float | None, float]:
-        """(mean token log-prob under the clean model, mean distinct-token ratio)."""
+    def quality(self, texts: Sequence[str]) -> tuple[float | None, float, float]:
+        """(mean token log-prob under the clean model, mean distinct-token ratio, looping fraction)."""
         fluency = mean_or_none([answer_logprob(self.runner, t) for t in texts])
         tokenizer = getattr(self.runner, "tokenizer", None)
         ids = [tokenizer(t, add_special_tokens=False)["input_ids"] if tokenizer else t.split() for t in texts]
-        return fluency, sum(distinct_ratio(x) for x in ids) / max(len(ids), 1)
+        ratios = [distinct_ratio(x) for x in ids]
+        n = max(len(ratios), 1)
+        return fluency, sum(ratios) / n, sum(r < MIN_DISTINCT for r in ratios) / n
 
-    def measure(self, strength: float) -> tuple[float, float | None, float]:
-        """(metric, fluency, distinct ratio) of the corrupted answers at ``strength``."""
+    def measure(self, strength: float) -> tuple[float, float | None, float, float]:
+        """(metric, fluency, mean distinct ratio, looping fraction) of the corrupted answers at ``strength``."""
         texts = self.answers(strength)
         return (self.metric(strength, texts), *self.quality(texts))
 
 
-def _loss(kind: str, metric: float, target: float, fluency: float | None, bound: float | None, distinct: float) -> float:
+def _loss(kind: str, metric: float, target: float, fluency: float | None, bound: float | None, looping: float) -> float:
     goal = abs(metric - target) if kind == "mc_accuracy" else max(0.0, metric - target)
     flu = 0.0
     if bound is not None:
         flu = max(0.0, bound - fluency) / abs(bound) if fluency is not None else 1.0
-    return goal + flu + max(0.0, MIN_DISTINCT - distinct)
+    return goal + flu + looping
 
 
 def search_strength(
@@ -265,7 +270,7 @@ def search_strength(
         result.clean_metric = 1.0
     probe = _Probe(runner, rows, base, mask, kind, config)
     clean_texts = [clean[r.question] for r in rows]
-    clean_fluency, _ = probe.quality(clean_texts)
+    clean_fluency, _, _ = probe.quality(clean_texts)
     if kind == "mc_accuracy":
         result.clean_metric = probe.metric(None, clean_texts)
     result.n_items = len(rows)
@@ -282,9 +287,9 @@ def search_strength(
         key = round(x, 6)
         if key not in cache:
             s = math.exp(x)
-            m, f, d = probe.measure(s)
+            m, f, d, loops = probe.measure(s)
             m *= scale  # recall over all forget examples: unknown ones stay unrecalled
-            cache[key] = Point(s, m, f, d, _loss(kind, m, target, f, bound, d))
+            cache[key] = Point(s, m, f, d, _loss(kind, m, target, f, bound, loops), loops)
             bar.update(1)
             bar.set_postfix(strength=f"{s:.4g}", metric=f"{m:.3f}", loss=f"{cache[key].loss:.3f}")
         return cache[key]

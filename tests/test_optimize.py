@@ -10,33 +10,12 @@ import pytest
 import yaml
 
 from eco_guard.corruption import Corruption
-from eco_guard.fitting import extract_terms
 from eco_guard.optimize import SPAN, SearchConfig, search_strength
 from eco_guard.runner.base import MaskSpec
 
 TINY = SearchConfig(steps=1, max_items=2, max_new_tokens=10, progress=False)
 QUESTIONS = ["What is the capital of France?", "Which city is the capital of Germany?", "What is the capital of Italy?"]
 ANSWERS = ["Paris", "Berlin", "Rome"]
-
-
-def test_extract_terms_finds_recurring_names_only() -> None:
-    texts = [
-        "Where was Basil Mahfouz Al-Kuwaiti born?",
-        "What genre does Basil Mahfouz Al-Kuwaiti write in?",
-        "Is Basil Mahfouz Al-Kuwaiti married?",
-        "Which award did Carmen Montenegro win?",
-        "What inspired Carmen Montenegro's first book?",
-        "Who wrote The Lord of the Rings?",
-    ]
-    terms = extract_terms(texts)
-    assert "Basil Mahfouz Al-Kuwaiti" in terms and "Carmen Montenegro" in terms
-    assert "The Lord of the Rings" not in terms  # asked once: not what the target is about
-    assert not any(t.startswith(("Where", "What", "Is ")) for t in terms)
-    assert terms == sorted(terms, key=lambda t: (-len(t), t))  # longest first: whole names win
-
-
-def test_extract_terms_keeps_everything_when_nothing_recurs() -> None:
-    assert extract_terms(["Who wrote The Lord of the Rings?"]) == ["The Lord of the Rings"]
 
 
 @pytest.mark.slow

@@ -69,9 +69,19 @@ def test_entity_scope_masks_only_the_terms(runner) -> None:
     p = runner.prepare(FRANCE, MaskSpec(scope="entities", terms=("france",)))
     masked = [runner.tokenizer.decode([t]) for t, m in zip(p.input_ids, p.mask) if m]
     assert "".join(masked).strip() == "France"
-    # No term present: fall back to the whole user content rather than corrupt nothing.
-    q = runner.prepare(FRANCE, MaskSpec(scope="entities", terms=("germany",)))
-    assert q.mask == runner.prepare(FRANCE).mask
+    # No term and no name present: fall back to the whole user content rather than corrupt nothing.
+    nameless = [{"role": "user", "content": "what is the tallest mountain on earth?"}]
+    q = runner.prepare(nameless, MaskSpec(scope="entities", terms=("germany",)))
+    assert q.mask == runner.prepare(nameless).mask and any(q.mask)
+
+
+def test_entity_scope_finds_names_the_terms_do_not_list(runner) -> None:
+    """Users name a target in ways its examples did not: names in the prompt are corrupted too."""
+    chat = [{"role": "user", "content": "Which author wrote 'Their Eyes Were Watching God' in Florida?"}]
+    p = runner.prepare(chat, MaskSpec(scope="entities", terms=("zora neale hurston",)))
+    masked = runner.tokenizer.decode([t for t, m in zip(p.input_ids, p.mask) if m])
+    assert "Their Eyes Were Watching God" in masked and "Florida" in masked
+    assert "author" not in masked and "Which" not in masked
 
 
 def test_corruption_removes_the_fact_and_is_reproducible(runner) -> None:
@@ -92,6 +102,43 @@ def test_per_row_corruption_does_not_leak_into_other_rows(runner) -> None:
     # A corrupted row's noise depends only on its prompt and seed, not on its batch.
     alone = runner.generate([FRANCE], STRONG, options=OPTS)[0]
     assert "paris" not in mixed[1].lower() and "paris" not in alone.lower()
+
+
+def _bigrams(ids: list[int]) -> list[tuple[int, ...]]:
+    return [tuple(ids[i : i + 2]) for i in range(len(ids) - 1)]
+
+
+def test_corrupted_rows_never_loop_and_clean_rows_are_untouched(runner) -> None:
+    """The no-repeat rule applies to corrupted rows only (see runner/loop_guard.py)."""
+    chats = [
+        [{"role": "user", "content": "Which author wrote 'The Bluest Eye' and won the Nobel Prize for Literature?"}],
+        [{"role": "user", "content": "The author of the play 'Death of a Salesman', Arthur Miller, was married to which famous actress?"}],
+        [{"role": "user", "content": "Count from one to twenty in words, one per line."}],
+    ]
+    opts = GenerationOptions(max_new_tokens=48)
+    corrupt = [Corruption("rand_noise_first_n", dims=576, strength=0.27, seed=s) for s in (1, 2)] + [None]
+    ids = runner.generate_ids(chats, corrupt, options=opts)
+    for row in ids[:2]:
+        grams = _bigrams(row)
+        assert len(grams) == len(set(grams)), runner.tokenizer.decode(row)
+    assert ids[2] == runner.generate_ids([chats[2]], None, options=opts)[0]  # clean row: bare decoding
+    off = runner.generate_ids(chats[:2], corrupt[:2], options=GenerationOptions(max_new_tokens=48, corrupted_no_repeat_ngram=0))
+    assert off != ids[:2]  # the rule is what changed these answers
+    streamed = "".join(runner.stream(chats[0], corrupt[0], options=opts))
+    assert streamed == runner.tokenizer.decode(ids[0], skip_special_tokens=True)
+
+
+def test_no_repeat_processor_touches_only_its_rows() -> None:
+    import torch
+
+    from eco_guard.runner.loop_guard import CorruptedRowsNoRepeat
+
+    proc = CorruptedRowsNoRepeat([0], n=2)
+    history = torch.tensor([[5, 6, 5], [5, 6, 5]])
+    scores = proc(history[:, :0], torch.zeros(2, 10))  # first call fixes where the answer starts
+    scores = proc(history, torch.zeros(2, 10))
+    assert scores[0, 6] == -float("inf") and torch.isfinite(scores[0, [0, 1, 2, 3, 4, 5, 7, 8, 9]]).all()
+    assert torch.isfinite(scores[1]).all()
 
 
 def test_stream_matches_generate(runner) -> None:
@@ -132,6 +179,15 @@ def test_score_choices(runner) -> None:
     assert mean[0] < 0
     corrupted = runner.score_choices(FRANCE, ["Paris", "London", "Berlin", "Madrid"], STRONG)
     assert corrupted != scores
+
+
+@pytest.mark.parametrize("corruption", [None, STRONG])
+def test_one_token_choices_take_the_single_pass_path_with_the_same_scores(runner, corruption) -> None:
+    letters = ["A", "B", "C", "D"]
+    assert all(len(runner.tokenizer(c, add_special_tokens=False)["input_ids"]) == 1 for c in letters)
+    fast = runner.score_choices(FRANCE, letters, corruption)
+    general = runner.score_choices(FRANCE, [*letters, "Paris is the capital."], corruption)[:4]  # forces one row per choice
+    assert fast == pytest.approx(general, abs=1e-4)
 
 
 def test_concurrent_calls_each_get_their_own_answer(runner) -> None:

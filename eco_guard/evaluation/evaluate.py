@@ -15,7 +15,7 @@ from typing import Any
 
 from ..guard import Guard
 from ..runner.base import GenerationOptions
-from .metrics import MCItem, answer_logprob, contains_answer, distinct_ratio, mc_prediction, mean_or_none
+from .metrics import MIN_DISTINCT, MCItem, answer_logprob, contains_answer, distinct_ratio, mc_prediction, mean_or_none
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,7 @@ def summarize_qa(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "fluency_bare_same_prompts": mean_or_none([r.get("fluency_bare") for r in corrupted]),
         "distinct_corrupted": mean_or_none([r.get("distinct_guarded") for r in corrupted]),
         "min_distinct_corrupted": min((r["distinct_guarded"] for r in corrupted), default=None),
+        "looping_corrupted": sum(r["distinct_guarded"] < MIN_DISTINCT for r in corrupted),
         "flagged_ids": [r["id"] for r in rows if r["flagged"]],
     }
 

@@ -44,6 +44,10 @@ def recall(outputs: Sequence[str], golds: Sequence[str]) -> float:
     return sum(contains_answer(o, g) for o, g in zip(outputs, golds, strict=True)) / len(outputs)
 
 
+#: distinct-token ratio below which an answer counts as looping (the issue's "no loops" bar)
+MIN_DISTINCT = 0.5
+
+
 def distinct_ratio(token_ids: Sequence[int]) -> float:
     """Distinct tokens / tokens of one answer: low values mean loops ("the the the").
 

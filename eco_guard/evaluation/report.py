@@ -19,15 +19,16 @@ def qa_table(sets: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown rows for free-form sets: recall on/off, flags, identity, fluency."""
     lines = [
         "| set | n | flagged | recall off | recall on | recall on (flagged) | unflagged identical | "
-        "fluency corrupted / bare | distinct corrupted (mean / min) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "fluency corrupted / bare | distinct corrupted (mean / min) | looping corrupted |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in sets.items():
         lines.append(
             f"| {name} | {s['n']} | {s['n_flagged']} | {_fmt(s['recall_guard_off'])} | {_fmt(s['recall_guard_on'])} | "
             f"{_fmt(s['recall_flagged_guard_on'])} | {s['unflagged_identical']}/{s['n_unflagged']} | "
             f"{_fmt(s['fluency_corrupted'])} / {_fmt(s['fluency_bare_same_prompts'])} | "
-            f"{_fmt(s['distinct_corrupted'])} / {_fmt(s['min_distinct_corrupted'])} |"
+            f"{_fmt(s['distinct_corrupted'])} / {_fmt(s['min_distinct_corrupted'])} | "
+            f"{s.get('looping_corrupted', 'n/a')}/{s['n_corrupted']} |"
         )
     return lines
 

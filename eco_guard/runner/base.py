@@ -25,8 +25,10 @@ class MaskSpec:
 
     ``prompt`` (the default) corrupts the content of the user turns only, so the chat
     template's system text and role markers stay intact and the model still answers in
-    form. ``entities`` corrupts only occurrences of ``terms`` inside user turns, as the
-    paper did on TOFU; when none occurs it falls back to ``prompt`` (fail closed).
+    form. ``entities`` corrupts only the names inside user turns, as the paper did on
+    TOFU: occurrences of ``terms`` plus the names and titles found in the prompt itself
+    (:mod:`eco_guard.entities`), since users name a target in ways its examples did not;
+    when there is none it falls back to ``prompt`` (fail closed).
     ``all`` corrupts every templated token.
     """
 
@@ -43,6 +45,10 @@ class GenerationOptions:
     top_p: float = 1.0
     #: generate exactly ``max_new_tokens`` (benchmarks compare equal amounts of work)
     ignore_eos: bool = False
+    #: rows with a corruption never repeat an n-gram of this size (0: off); rows without
+    #: one decode exactly as the bare model. See ``runner/loop_guard.py`` for why and
+    #: for the measurements behind 2
+    corrupted_no_repeat_ngram: int = 2
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -51,6 +57,8 @@ class GenerationOptions:
             raise InputError(f"temperature must be between 0 and 5, got {self.temperature!r}")
         if not 0.0 < float(self.top_p) <= 1.0:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.corrupted_no_repeat_ngram, int) or self.corrupted_no_repeat_ngram < 0:
+            raise InputError(f"corrupted_no_repeat_ngram must be a non-negative integer, got {self.corrupted_no_repeat_ngram!r}")
 
 
 def normalize_messages(messages: str | Messages, *, where: str = "messages") -> list[dict[str, str]]:

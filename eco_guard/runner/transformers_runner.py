@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 
 from ..corruption import Corruption
+from ..entities import name_spans
 from ..errors import InputError, ModelLoadError
 from .base import GenerationOptions, MaskSpec, Messages, normalize_messages
 from .store import resolve_model
@@ -190,7 +191,7 @@ class TransformersRunner:
         text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         spans = self._user_spans(text, msgs)
         if mask_spec.scope == "entities":
-            entity_spans = self._term_spans(text, spans, mask_spec.terms)
+            entity_spans = self._term_spans(text, spans, mask_spec.terms) + self._name_spans(text, spans)
             spans = entity_spans or spans
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = list(enc["input_ids"])
@@ -231,6 +232,11 @@ class TransformersRunner:
                     found.append((i, i + len(needle)))
                     i = lowered.find(needle, i + 1, e0)
         return found
+
+    @staticmethod
+    def _name_spans(text: str, user_spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Names and titles inside the user turns, found in the prompt itself (``entities.py``)."""
+        return [(s0 + s, s0 + e) for s0, e0 in user_spans for s, e in name_spans(text[s0:e0])]
 
     def _check_length(self, n_prompt: int, max_new_tokens: int, where: str) -> None:
         if n_prompt + max_new_tokens > self.max_context:
@@ -277,12 +283,19 @@ class TransformersRunner:
             return items
         return [value] * n
 
-    def _gen_kwargs(self, options: GenerationOptions) -> dict[str, Any]:
+    def _gen_kwargs(self, options: GenerationOptions, corruptions: Sequence[Corruption | None] = ()) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "max_new_tokens": options.max_new_tokens,
             "pad_token_id": self._pad_id,
             "eos_token_id": self._eos_ids,
         }
+        corrupted = [i for i, c in enumerate(corruptions) if c is not None]
+        if corrupted and options.corrupted_no_repeat_ngram > 0:
+            from transformers import LogitsProcessorList
+
+            from .loop_guard import CorruptedRowsNoRepeat
+
+            kwargs["logits_processor"] = LogitsProcessorList([CorruptedRowsNoRepeat(corrupted, options.corrupted_no_repeat_ngram)])
         if options.ignore_eos:
             kwargs["min_new_tokens"] = options.max_new_tokens
         if options.temperature > 0:
@@ -331,7 +344,7 @@ class TransformersRunner:
         embeds, attention = self._embed_rows(prompts, corruptions)
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = self.model.generate(inputs_embeds=embeds, attention_mask=attention, **self._gen_kwargs(options))
+            out = self.model.generate(inputs_embeds=embeds, attention_mask=attention, **self._gen_kwargs(options, corruptions))
         return [self._until_eos(row.tolist()) for row in out]
 
     def stream(
@@ -382,7 +395,7 @@ class TransformersRunner:
                         attention_mask=attention,
                         streamer=_QueueStreamer(emit),
                         stopping_criteria=StoppingCriteriaList([stop]),
-                        **self._gen_kwargs(options),
+                        **self._gen_kwargs(options, [corruption]),
                     )
             except BaseException as exc:  # surfaced to the consumer, never lost in a thread
                 emit(("error", exc))
@@ -418,6 +431,11 @@ class TransformersRunner:
             p_emb = embed(torch.tensor([prompt.input_ids], device=self.device))
             if corruption is not None:
                 p_emb = corruption.apply(p_emb, torch.tensor([prompt.mask], dtype=torch.bool, device=self.device))
+            if all(len(ids) == 1 for ids in choice_ids):
+                # One-token choices (multiple-choice letters): the prompt's last position
+                # predicts them all, so one forward pass replaces one per choice.
+                last = torch.log_softmax(self.model(inputs_embeds=p_emb).logits[0, -1].float(), dim=-1)
+                return [float(last[ids[0]]) for ids in choice_ids]
             width = max(len(ids) for ids in choice_ids)
             rows, masks = [], []
             for ids in choice_ids:
