@@ -157,10 +157,10 @@ class ClassifierSpec(StrictModel):
 
     ``calibration`` names negatives that look like the traffic the guard will see and
     that no head trains on; the shared threshold is calibrated on them (and on held-out
-    background prompts). Without it, ``fit`` holds out the second half of each target's
-    retain examples instead, which costs training data and, with few retain examples,
-    cannot certify a small ``target_fpr``; split conformal needs about 1/target_fpr
-    held-out negatives.
+    background prompts). Without it, ``fit`` calibrates on the retain examples instead,
+    each half of a target's list scored by a head re-fitted without it (cross-fitting),
+    which with few retain examples cannot certify a small ``target_fpr`` on its own;
+    split conformal needs about 1/target_fpr held-out negatives.
     """
 
     encoder: str = Field("default", min_length=1)

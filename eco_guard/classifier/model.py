@@ -266,17 +266,19 @@ class Classifier:
         Negatives for a target's head are its retain texts, the other targets' forget texts
         and the background prompts. Half of the background is held out from every head.
         ``calibration`` (the policy's ``classifier.calibration`` negatives: a sample of the
-        traffic the guard will see) is held out too; without it, the second half of each
-        target's retain texts *in file order* is held out instead. Contiguous rather than
-        random, because example files list an entity's rows together and a random split
-        would calibrate on near-copies of training rows (on TOFU it put 0.6% FPR on
-        calibration and 10% on new authors).
+        traffic the guard will see) is held out too. Without it, every head trains on all
+        of its retain texts, and the retain texts calibrate *cross-fitted*: each half of a
+        target's retain list is scored by a head fitted without that half (see
+        :func:`_cross_fitted_retain_scores`). Holding the second half out of training (the
+        former rule) left each head half its few retain examples and certified the rate on
+        half as many negatives (D3: 2.4% / 5.0% FPR on unseen TOFU questions / authors at a
+        1% target, against 1.4% / 2.8% cross-fitted, at the same recall).
 
         The threshold is shared by every head and uses the *max score over targets* as the
         conformal score: a prompt counts as flagged when any target flags it, so this is
         what makes ``target_fpr`` bound the rate at which a negative is flagged at all
         (per-target thresholds let n targets flag up to n times that rate). Each source of
-        held-out negatives (policy calibration or held-out retain; held-out background)
+        held-out negatives (policy calibration or cross-fitted retain; held-out background)
         gets its own split-conformal threshold and the largest wins, so the rate is bounded
         for traffic like *each* source rather than for their mixture, where a large generic
         background would hide a high rate on near neighbours.
@@ -293,17 +295,16 @@ class Classifier:
         bg_cal = [bg[i] for i in bg_order[:n_bg_cal]]
         bg_train = [bg[i] for i in bg_order[n_bg_cal:]]
 
-        plans = [_plan_target(t, targets, bg_train, hold_out_retain=not user_cal) for t in targets]
+        plans = [_plan_target(t, targets, bg_train) for t in targets]
         # Held out from every head: no text any head trains on may calibrate the shared threshold.
         trained = {s for plan in plans for s in plan.train_texts}
-        near = _unique(user_cal or [s for plan in plans for s in plan.retain_cal])
         sources = {
-            ("calibration" if user_cal else "held-out retain"): [s for s in near if s not in trained],
+            "calibration": [s for s in user_cal if s not in trained],
             "held-out background": [s for s in bg_cal if s not in trained],
         }
-        sources = {name: texts for name, texts in sources.items() if texts}
-        if not sources:
-            raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
+        # Texts trained only as some head's retain rows: cross-fitting keeps them unseen.
+        not_retain = {s for t in targets for s in t.forget} | set(bg_train)
+        retain_cal = [] if user_cal else _unique(s for plan in plans for s in plan.retain if s not in not_retain)
 
         # Every distinct text is embedded exactly once, whatever roles it plays.
         row_of: dict[str, int] = {}
@@ -318,17 +319,20 @@ class Classifier:
         weights = np.zeros((len(targets), feats.shape[1]))
         bias = np.zeros(len(targets))
         for i, plan in enumerate(tqdm(plans, desc="fitting heads", unit="target", disable=not progress, file=sys.stderr)):
-            head = LogisticRegression(C=_C, class_weight="balanced", max_iter=5000)
-            head.fit(feats[[row_of[s] for s in plan.train_texts]], plan.train_labels)
-            weights[i] = head.coef_[0]
-            bias[i] = head.intercept_[0]
+            weights[i], bias[i] = _fit_head(feats[[row_of[s] for s in plan.train_texts]], plan.train_labels)
 
         # Calibrate with the exact scoring code used at run time, so a calibration score and
         # a live score of the same text are bit-identical.
         all_scores = _head_scores(emb, lex, weights, bias)
-        calibration_result = _joint_threshold(
-            {name: all_scores[[row_of[s] for s in v]].max(axis=1) for name, v in sources.items()}, target_fpr, len(targets)
-        )
+        max_scores = {name: all_scores[[row_of[s] for s in v]].max(axis=1) for name, v in sources.items() if v}
+        if retain_cal:
+            rows = [row_of[s] for s in retain_cal]
+            crossed = _cross_fitted_retain_scores(plans, retain_cal, all_scores[rows], feats, row_of, emb[rows], lex[rows])
+            if crossed.size:
+                max_scores = {"cross-fitted retain": crossed, **max_scores}
+        if not max_scores:
+            raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
+        calibration_result = _joint_threshold(max_scores, target_fpr, len(targets))
         fits = [
             TargetFit(
                 id=target.id,
@@ -343,6 +347,54 @@ class Classifier:
         ]
         thresholds = np.full(len(targets), calibration_result.threshold)
         return cls(encoder, [t.id for t in targets], weights, bias, thresholds, lexicon), fits
+
+
+def _fit_head(features: sparse.csr_matrix, labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """One logistic head (weights, intercept); balanced so a few forget examples are not outvoted."""
+    head = LogisticRegression(C=_C, class_weight="balanced", max_iter=5000)
+    head.fit(features, labels)
+    return head.coef_[0], float(head.intercept_[0])
+
+
+def _cross_fitted_retain_scores(
+    plans: list[_TargetPlan],
+    texts: list[str],
+    scores: np.ndarray,
+    feats: sparse.csr_matrix,
+    row_of: dict[str, int],
+    emb: np.ndarray,
+    lex: sparse.csr_matrix,
+) -> np.ndarray:
+    """Max-over-targets scores of retain ``texts`` from heads that never trained on them.
+
+    ``scores``, ``emb`` and ``lex`` are the final heads' scores and the embedding and
+    lexical rows of ``texts``; ``feats`` is the full training feature matrix, rows per
+    ``row_of``. Each target's retain list is cut into two contiguous halves in the order
+    given (files list an entity's rows together, so a random split would score near-copies
+    of training rows); for each half a second head is fitted without it, and its scores
+    replace the final head's for that half. Other heads never saw those texts (callers
+    pass only texts trained as retain rows). A text no head can be re-fitted without (no
+    negatives left) is dropped rather than scored optimistically. Costs two extra heads
+    per target with retain examples.
+    """
+    scores = scores.copy()
+    index = {s: k for k, s in enumerate(texts)}
+    keep = np.ones(len(texts), dtype=bool)
+    for i, plan in enumerate(plans):
+        half = len(plan.retain) - len(plan.retain) // 2
+        for fold in (plan.retain[:half], plan.retain[half:]):
+            own = [index[s] for s in fold if s in index]
+            if not own:
+                continue
+            left_out = set(fold)
+            rest = [k for k, s in enumerate(plan.train_texts) if s not in left_out]
+            labels = plan.train_labels[rest]
+            if labels.min() == labels.max():
+                keep[own] = False
+                continue
+            w, b = _fit_head(feats[[row_of[plan.train_texts[k]] for k in rest]], labels)
+            scores[own, i] = _head_scores(emb[own], lex[own], w[None, :], np.array([b]))[:, 0]
+    return scores[keep].max(axis=1)
 
 
 def _joint_threshold(
@@ -400,28 +452,25 @@ def _two_fold_fpr(max_scores: dict[str, np.ndarray], target_fpr: float, n_target
 
 @dataclass(frozen=True)
 class _TargetPlan:
-    """What one head trains on, and which of its retain texts it leaves for calibration."""
+    """What one head trains on; ``retain`` are its retain rows (left out in turn when cross-fitting)."""
 
     train_texts: list[str]
     train_labels: np.ndarray
-    retain_cal: list[str]
+    retain: list[str]
     n_forget: int
     n_retain_train: int
     n_background_train: int
 
 
-def _plan_target(target: TargetData, targets: list[TargetData], bg_train: list[str], *, hold_out_retain: bool) -> _TargetPlan:
+def _plan_target(target: TargetData, targets: list[TargetData], bg_train: list[str]) -> _TargetPlan:
     """Choose one head's training rows: its forget texts against everything it must not flag.
 
     A forget text is never a negative for its own target (if the background or another
-    target contains it, the policy's forget list wins). With ``hold_out_retain`` the
-    second half of the retain texts, in the order given, is left for calibration.
+    target contains it, the policy's forget list wins).
     """
     positives = _unique(target.forget)
     forget_set = set(positives)
-    retain = [s for s in _unique(target.retain) if s not in forget_set]
-    n_retain_train = len(retain) - len(retain) // 2 if hold_out_retain else len(retain)
-    retain_train, retain_cal = retain[:n_retain_train], retain[n_retain_train:]
+    retain_train = [s for s in _unique(target.retain) if s not in forget_set]
     other_forget = [s for t in targets if t.id != target.id for s in t.forget]
 
     negatives = [s for s in _unique(retain_train + other_forget + bg_train) if s not in forget_set]
@@ -431,7 +480,7 @@ def _plan_target(target: TargetData, targets: list[TargetData], bg_train: list[s
     return _TargetPlan(
         train_texts=positives + negatives,
         train_labels=labels,
-        retain_cal=retain_cal,
+        retain=retain_train,
         n_forget=len(positives),
         n_retain_train=len(retain_train),
         n_background_train=len(set(negatives) & set(bg_train)),
