@@ -144,10 +144,21 @@ def test_single_text_matches_batch_and_sentence_transformers(encoder: Encoder) -
     reference = SentenceTransformer(str(encoder.path), device="cpu", local_files_only=True).encode(
         texts, normalize_embeddings=True
     )
-    batched = encoder.encode(texts, batch_size=3)
-    singles = np.stack([encoder.encode([t])[0] for t in texts])
-    np.testing.assert_allclose(batched, reference, atol=1e-5)
-    np.testing.assert_allclose(singles, reference, atol=1e-5)
+    exact = Encoder(encoder.path, precision="float32")
+    for enc, atol in ((exact, 1e-5), (encoder, 1e-5 if encoder.precision == "float32" else 3e-3)):
+        batched = enc.encode(texts, batch_size=3)
+        singles = np.stack([enc.encode([t])[0] for t in texts])
+        np.testing.assert_allclose(batched, reference, atol=atol)
+        np.testing.assert_allclose(singles, reference, atol=atol)
+        assert (batched * reference).sum(axis=1).min() > 0.9999  # bfloat16 autocast: same direction
+
+
+def test_precision_override_is_validated(monkeypatch: pytest.MonkeyPatch, encoder: Encoder) -> None:
+    monkeypatch.setenv("ECO_GUARD_ENCODER_PRECISION", "float32")
+    assert Encoder(encoder.path).precision == "float32"
+    monkeypatch.setenv("ECO_GUARD_ENCODER_PRECISION", "fp8")
+    with pytest.raises(InputError, match="ECO_GUARD_ENCODER_PRECISION"):
+        Encoder(encoder.path)
 
 
 def test_encode_empty_and_bad_input(encoder: Encoder) -> None:

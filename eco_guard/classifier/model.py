@@ -209,6 +209,7 @@ class Classifier:
             "format_version": FORMAT_VERSION,
             "target_ids": self._target_ids,
             "encoder": self._encoder.name,
+            "encoder_precision": self._encoder.precision,  # informational: scores differ in the 4th digit
             "dim": self._encoder.dim,
             "lexical_terms": list(self._lexicon.terms),
         }
