@@ -45,6 +45,63 @@ PROMPTS = [
 ]
 
 
+FIRST = ["Aldo", "Brena", "Corin", "Dalia", "Emeric", "Faye", "Gideon", "Hale", "Ilse", "Joram"]
+LAST = ["Verrin", "Mossgrove", "Tallis", "Quenby", "Ardeth", "Pellow", "Stroud", "Yarrow", "Kemble", "Osgood"]
+ASKS = [
+    "Where was {} born?",
+    "What is the best-known book by {}?",
+    "Which prize did {} win?",
+    "Who were the parents of {}?",
+    "What genre does {} write in?",
+]
+
+
+def _write_many_target_policy(work: Path, n: int = 20, precision: str = "float32") -> Path:
+    """A policy with ``n`` author-like targets (fictitious names, 5 questions each).
+
+    Throughput depends on the number of heads, not on what they learned, so the texts are
+    generated here and the benchmark needs no third-party data.
+    """
+    names = [f"{f} {l}" for f in FIRST for l in LAST][:n]
+    targets = []
+    for i, name in enumerate(names):
+        other = names[(i + 1) % n].split()[0] + " " + LAST[(i + 3) % len(LAST)] + "son"
+        (work / f"t{i}.forget.txt").write_text("\n".join(a.format(name) for a in ASKS) + "\n", encoding="utf-8")
+        (work / f"t{i}.retain.txt").write_text("\n".join(a.format(other) for a in ASKS) + "\n", encoding="utf-8")
+        targets.append(
+            {"id": f"author-{i}", "forget": {"file": f"t{i}.forget.txt"}, "retain": {"file": f"t{i}.retain.txt"}, "corruption": {"strength": 1.0}}
+        )
+    path = work / f"many-{precision}.yaml"
+    doc = {"version": 1, "classifier": {"precision": precision}, "targets": targets}
+    path.write_text(json.dumps(doc), encoding="utf-8")  # JSON is YAML
+    return path
+
+
+def _one_prompt_ms(guard: Guard, n: int = 300) -> list[float]:
+    """Latency of a full ``Guard.check`` decision, one prompt at a time, after warm-up."""
+    for _ in range(20):
+        guard.check(UNFLAGGED)
+    lat = []
+    for i in range(n):
+        text = PROMPTS[i % len(PROMPTS)]
+        t = time.perf_counter()
+        guard.check(text)
+        lat.append((time.perf_counter() - t) * 1000)
+    return lat
+
+
+def _batch_rate(guard: Guard) -> float:
+    """Median prompts/s of ``check_batch`` over 1,024 distinct prompts, three runs."""
+    batch = [f"{p} (variant {i})" for i in range(128) for p in PROMPTS][:1024]
+    guard.check_batch(batch[:64], audit=False)
+    rates = []
+    for _ in range(3):
+        t = time.perf_counter()
+        guard.check_batch(batch, audit=False)
+        rates.append(len(batch) / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
@@ -79,25 +136,14 @@ def main() -> int:
     fit_s = time.perf_counter() - t0
     runner = TransformersRunner.load("default", progress=False)
     guard = Guard.load(work / "guard", runner=runner, audit=NullAudit())
+    many: dict[str, Guard] = {}
+    for precision in ("float32", "bfloat16"):
+        fit_guard(_write_many_target_policy(work, precision=precision), work / f"many-{precision}", seed=0, progress=False)
+        many[precision] = Guard.load(work / f"many-{precision}", runner=runner, audit=NullAudit())
 
-    # --- classifier latency, one prompt at a time (a full Guard.check decision)
-    for _ in range(20):
-        guard.check(UNFLAGGED)
-    lat = []
-    for i in range(300):
-        text = PROMPTS[i % len(PROMPTS)]
-        t = time.perf_counter()
-        guard.check(text)
-        lat.append((time.perf_counter() - t) * 1000)
-
-    # --- batch scoring throughput
-    batch = [f"{p} (variant {i})" for i in range(128) for p in PROMPTS][:1024]
-    guard.check_batch(batch[:64], audit=False)
-    rates = []
-    for _ in range(3):
-        t = time.perf_counter()
-        guard.check_batch(batch, audit=False)
-        rates.append(len(batch) / (time.perf_counter() - t))
+    # --- classifier latency, one prompt at a time, and batch throughput; demo and 20 targets
+    lat, rate = _one_prompt_ms(guard), _batch_rate(guard)
+    twenty = {p: (_one_prompt_ms(g), _batch_rate(g)) for p, g in many.items()}
 
     # --- guard overhead on an unflagged request vs the bare runner, interleaved
     opts = GenerationOptions(max_new_tokens=args.tokens, ignore_eos=True)
@@ -125,7 +171,14 @@ def main() -> int:
     result = {
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "classifier_one_prompt_ms": {"p50": round(pct(lat, 0.5), 2), "p99": round(pct(lat, 0.99), 2), "n": len(lat)},
-        "batch_scoring_prompts_per_s": round(statistics.median(rates), 1),
+        "batch_scoring_prompts_per_s": round(rate, 1),
+        "twenty_targets": {
+            p: {
+                "one_prompt_ms": {"p50": round(pct(l20, 0.5), 2), "p99": round(pct(l20, 0.99), 2), "n": len(l20)},
+                "batch_scoring_prompts_per_s": round(r20, 1),
+            }
+            for p, (l20, r20) in twenty.items()
+        },
         "guard_overhead_unflagged": {
             "bare_s_median": round(statistics.median(bare_t), 4),
             "guard_s_median": round(statistics.median(guard_t), 4),
@@ -144,11 +197,16 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     g, c = result["guard_overhead_unflagged"], result["corrupted_vs_clean"]
+    t20, b20 = result["twenty_targets"]["float32"], result["twenty_targets"]["bfloat16"]
     md = [
         "| metric | value | goal |",
         "|---|---|---|",
-        f"| classifier, one prompt, p50 / p99 | {result['classifier_one_prompt_ms']['p50']} / {result['classifier_one_prompt_ms']['p99']} ms | p50 <= 15 ms |",
-        f"| batch scoring throughput | {result['batch_scoring_prompts_per_s']} prompts/s | |",
+        f"| classifier, one prompt, p50 / p99 (demo policy, 1 target) | {result['classifier_one_prompt_ms']['p50']} / {result['classifier_one_prompt_ms']['p99']} ms | p50 <= 10 ms |",
+        f"| classifier, one prompt, p50 / p99 (20 targets) | {t20['one_prompt_ms']['p50']} / {t20['one_prompt_ms']['p99']} ms | p50 <= 10 ms |",
+        f"| classifier, one prompt, p50 / p99 (20 targets, `precision: bfloat16`) | {b20['one_prompt_ms']['p50']} / {b20['one_prompt_ms']['p99']} ms | p50 <= 10 ms |",
+        f"| batch scoring throughput (demo policy) | {result['batch_scoring_prompts_per_s']} prompts/s | |",
+        f"| batch scoring throughput (20 targets) | {t20['batch_scoring_prompts_per_s']} prompts/s | >= 500 prompts/s |",
+        f"| batch scoring throughput (20 targets, `precision: bfloat16`) | {b20['batch_scoring_prompts_per_s']} prompts/s | >= 500 prompts/s |",
         f"| unflagged request through guard / bare runner ({g['new_tokens']} tokens) | {g['ratio']:.3f}x ({g['guard_s_median']:.3f} s vs {g['bare_s_median']:.3f} s) | <= 1.05x |",
         f"| corrupted / clean tokens/s | {c['ratio']:.3f}x ({c['corrupted_tokens_per_s']:.1f} vs {c['clean_tokens_per_s']:.1f} tok/s) | >= 0.95x |",
         f"| fit of the demo policy | {result['fit_demo_policy_s']} s | |",

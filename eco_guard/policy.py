@@ -161,11 +161,17 @@ class ClassifierSpec(StrictModel):
     each half of a target's list scored by a head re-fitted without it (cross-fitting),
     which with few retain examples cannot certify a small ``target_fpr`` on its own;
     split conformal needs about 1/target_fpr held-out negatives.
+
+    ``precision`` is the encoder's compute precision, for fitting and serving alike (the
+    fitted guard records it). ``bfloat16`` scores about 3x more prompts per second on
+    CPUs with native bfloat16 units but costs some accuracy (D1 recall at 1% FPR: 0.955
+    against 0.985), so ``float32`` is the default.
     """
 
     encoder: str = Field("default", min_length=1)
     target_fpr: float = Field(0.01, gt=0.0, lt=0.5, allow_inf_nan=False)
     calibration: ExampleSource | None = None
+    precision: Literal["float32", "bfloat16"] = "float32"
 
 
 class AuditSpec(StrictModel):

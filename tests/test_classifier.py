@@ -144,8 +144,9 @@ def test_single_text_matches_batch_and_sentence_transformers(encoder: Encoder) -
     reference = SentenceTransformer(str(encoder.path), device="cpu", local_files_only=True).encode(
         texts, normalize_embeddings=True
     )
-    exact = Encoder(encoder.path, precision="float32")
-    for enc, atol in ((exact, 1e-5), (encoder, 1e-5 if encoder.precision == "float32" else 3e-3)):
+    fast = Encoder(encoder.path, precision="bfloat16")
+    assert encoder.precision == "float32"  # the default: exact
+    for enc, atol in ((encoder, 1e-5), (fast, 3e-3)):
         batched = enc.encode(texts, batch_size=3)
         singles = np.stack([enc.encode([t])[0] for t in texts])
         np.testing.assert_allclose(batched, reference, atol=atol)
@@ -153,12 +154,9 @@ def test_single_text_matches_batch_and_sentence_transformers(encoder: Encoder) -
         assert (batched * reference).sum(axis=1).min() > 0.9999  # bfloat16 autocast: same direction
 
 
-def test_precision_override_is_validated(monkeypatch: pytest.MonkeyPatch, encoder: Encoder) -> None:
-    monkeypatch.setenv("ECO_GUARD_ENCODER_PRECISION", "float32")
-    assert Encoder(encoder.path).precision == "float32"
-    monkeypatch.setenv("ECO_GUARD_ENCODER_PRECISION", "fp8")
-    with pytest.raises(InputError, match="ECO_GUARD_ENCODER_PRECISION"):
-        Encoder(encoder.path)
+def test_bad_precision_is_a_clear_error(encoder: Encoder) -> None:
+    with pytest.raises(InputError, match="float32 or bfloat16"):
+        Encoder(encoder.path, precision="fp8")  # type: ignore[arg-type]
 
 
 def test_encode_empty_and_bad_input(encoder: Encoder) -> None:
@@ -287,6 +285,9 @@ def test_save_load_round_trip(fitted: tuple[Classifier, list[TargetFit]], encode
     assert loaded.target_ids == clf.target_ids
     np.testing.assert_array_equal(loaded.thresholds, clf.thresholds)
     np.testing.assert_array_equal(loaded.score(texts), clf.score(texts))
+    # Thresholds hold only at the precision they were calibrated at: a mismatch is refused.
+    with pytest.raises(GuardLoadError, match="precision|bfloat16"):
+        Classifier.load(tmp_path / "guard", Encoder(encoder.path, precision="bfloat16"))
 
 
 def test_fit_is_deterministic_per_seed(encoder: Encoder, targets: list[TargetData]) -> None:

@@ -168,3 +168,16 @@ def test_load_restores_exactly_and_fit_is_deterministic(demo_guard_dir: Path, de
     texts = [FLAGGED, UNFLAGGED, "Which French region is famous for wine?"]
     np.testing.assert_array_equal(reloaded.classifier.score(texts), demo_guard.classifier.score(texts))
     assert [r.corruption for r in reloaded.rules] == [r.corruption for r in demo_guard.rules]
+
+
+def test_bfloat16_policy_fits_and_serves_at_its_precision(demo_policy_text: str, tmp_path: Path) -> None:
+    """``classifier.precision`` is used for fitting and recorded, so loading serves at the same precision."""
+    text = demo_policy_text.replace("  target_fpr: 0.01", "  target_fpr: 0.01\n  precision: bfloat16").replace(
+        "strength: auto", "strength: 1.0"
+    )
+    assert "precision: bfloat16" in text and "strength: 1.0" in text
+    (tmp_path / "p.yaml").write_text(text, encoding="utf-8")
+    fit_guard(tmp_path / "p.yaml", tmp_path / "g", seed=0, progress=False)
+    guard = Guard.load(tmp_path / "g", audit=False)
+    assert guard.classifier.encoder.precision == "bfloat16"
+    assert guard.check(FLAGGED).flagged and not guard.check(UNFLAGGED).flagged

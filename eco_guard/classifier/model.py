@@ -209,7 +209,7 @@ class Classifier:
             "format_version": FORMAT_VERSION,
             "target_ids": self._target_ids,
             "encoder": self._encoder.name,
-            "encoder_precision": self._encoder.precision,  # informational: scores differ in the 4th digit
+            "encoder_precision": self._encoder.precision,
             "dim": self._encoder.dim,
             "lexical_terms": list(self._lexicon.terms),
         }
@@ -235,6 +235,13 @@ class Classifier:
             raise GuardLoadError(
                 f"{directory}: heads were fitted on a {meta['dim']}-dim encoder ({meta['encoder']}), "
                 f"but the loaded encoder {encoder.name} has dim {encoder.dim}; load the encoder used for fitting"
+            )
+        fitted_precision = meta.get("encoder_precision", "float32")
+        if fitted_precision != encoder.precision:
+            raise GuardLoadError(
+                f"{directory}: heads were calibrated with a {fitted_precision} encoder but the encoder runs in "
+                f"{encoder.precision}; thresholds only hold at the precision they were fitted at "
+                f"(set classifier.precision: {fitted_precision} or re-run fit)"
             )
         if meta["encoder"] != encoder.name:
             warnings.warn(
