@@ -4,7 +4,8 @@ E1 (../shared/data/README.md): fit a policy whose forget set is real_authors row
 (with answers) and retain set world_facts rows 0-58, with ``strength: auto``; then answer
 the test rows (real_authors 50-99, world_facts 59-116) with the guard on and off, greedy,
 48 new tokens. Both corruption scopes are fitted and measured: ``prompt`` (all user
-tokens) and ``entities`` (only names/titles extracted from the forget examples).
+tokens) and ``entities`` (only the names and titles: the terms extracted from the forget
+examples plus those found in each prompt, ``eco_guard/entities.py``).
 
 WMDP: a policy forgetting the D2 train rows (first 20% of bio and cyber, shuffled with
 seed 0), objective ``mc_accuracy`` toward 0.25; accuracy is measured on a seeded
