@@ -84,21 +84,13 @@ def extract_terms(texts: Sequence[str], *, min_count: int = 2) -> list[str]:
     """The names a target's forget examples keep returning to, for its term list.
 
     A forget target is usually about a few entities asked about many ways (TOFU: 20
-    questions per author), so terms found in at least ``min_count`` examples are kept;
-    when nothing recurs, every name is kept. A name opening a text is kept both with and
-    without its first word ("Is Basil ..." / "Jane Austen ..."): sentence case says
-    nothing about names. Longest first, so a whole name is matched before its parts.
+    questions per author), so names (:func:`find_names`) found in at least ``min_count``
+    examples are kept; when nothing recurs, every name is kept. Longest first, so a
+    whole name is matched before its parts.
     """
     counts: Counter[str] = Counter()
     for text in texts:
-        found: set[str] = set()
-        for m in _CAPITALISED_RUN.finditer(text):
-            span = _clean(m.group(0))
-            readings = [span]
-            if m.start() == 0:
-                readings = [span.partition(" ")[2]] + ([span] if " " in span else [])
-            found.update(t for t in readings if " " in t or len(t) >= 3)
-        counts.update(found)
+        counts.update(set(find_names(text)))
     recurring = [t for t, n in counts.items() if n >= min_count]
     chosen = recurring or list(counts)
     return sorted(chosen, key=lambda t: (-len(t), t))
