@@ -53,9 +53,9 @@ from .corruption import Corruption
 from .evaluation.metrics import (
     MIN_DISTINCT,
     MCItem,
+    answer_distinct_ratio,
     answer_logprob,
     contains_answer,
-    distinct_ratio,
     mc_prediction,
     mean_or_none,
     normalize_answer,
@@ -199,9 +199,7 @@ class _Probe:
     def quality(self, texts: Sequence[str]) -> tuple[float | None, float, float]:
         """(mean token log-prob under the clean model, mean distinct-token ratio, looping fraction)."""
         fluency = mean_or_none([answer_logprob(self.runner, t) for t in texts])
-        tokenizer = getattr(self.runner, "tokenizer", None)
-        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] if tokenizer else t.split() for t in texts]
-        ratios = [distinct_ratio(x) for x in ids]
+        ratios = [answer_distinct_ratio(self.runner, t) for t in texts]
         n = max(len(ratios), 1)
         return fluency, sum(ratios) / n, sum(r < MIN_DISTINCT for r in ratios) / n
 

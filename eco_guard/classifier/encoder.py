@@ -120,7 +120,7 @@ class Encoder:
         self._precision: Precision = precision
 
     @property
-    def precision(self) -> str:
+    def precision(self) -> Precision:
         """``float32`` or ``bfloat16``: heads are only valid with the precision they were fitted at."""
         return self._precision
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..guard import Guard
 from ..runner.base import GenerationOptions
-from .metrics import MIN_DISTINCT, MCItem, answer_logprob, contains_answer, distinct_ratio, mc_prediction, mean_or_none
+from .metrics import MIN_DISTINCT, MCItem, answer_distinct_ratio, answer_logprob, contains_answer, mc_prediction, mean_or_none
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,6 @@ def _progress(total: int, desc: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="q", file=sys.stderr, disable=total < 16 or None)
-
-
-def _token_ids(guard: Guard, text: str) -> list[int]:
-    tokenizer = getattr(guard.runner, "tokenizer", None)
-    return tokenizer(text, add_special_tokens=False)["input_ids"] if tokenizer is not None else text.split()
 
 
 def evaluate_qa(
@@ -79,7 +74,7 @@ def evaluate_qa(
     for p in corrupted:
         p["fluency_guarded"] = answer_logprob(guard.runner, p["guarded"])
         p["fluency_bare"] = answer_logprob(guard.runner, p["bare"])
-        p["distinct_guarded"] = distinct_ratio(_token_ids(guard, p["guarded"]))
+        p["distinct_guarded"] = answer_distinct_ratio(guard.runner, p["guarded"])
     return {"summary": summarize_qa(per_row), "rows": per_row}
 
 

@@ -56,6 +56,16 @@ def distinct_ratio(token_ids: Sequence[int]) -> float:
     return len(set(token_ids)) / len(token_ids) if token_ids else 0.0
 
 
+def answer_distinct_ratio(runner: Runner, answer: str) -> float:
+    """:func:`distinct_ratio` of ``answer`` in the runner's own tokens (words if it has no tokenizer).
+
+    Tokens rather than words: a loop of punctuation or sub-word pieces is still a loop.
+    """
+    tokenizer = getattr(runner, "tokenizer", None)
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if tokenizer is not None else answer.split()
+    return distinct_ratio(ids)
+
+
 #: the context fluency is scored in. Not the question: a forgetting answer is off-topic by
 #: design, and the question would score that as disfluency. A fixed neutral request
 #: scores clean and corrupted answers alike as text, which is what fluency is about.
