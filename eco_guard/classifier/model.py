@@ -1,7 +1,7 @@
-"""Per-target prompt classifier: one logistic head per forget target over sentence
-embeddings joined with lexical (TF-IDF) features of the forget vocabulary.
+"""Per-target prompt classifier: one logistic head per forget target over layer-pooled
+encoder features joined with lexical (TF-IDF) features of the forget vocabulary.
 
-The embedding half recognises topics and rewordings; the lexical half recognises the
+The encoder half recognises topics and rewordings; the lexical half recognises the
 rare words (names, titles, jargon) that make a prompt about *this* target rather than
 about something of the same kind (see :mod:`eco_guard.classifier.lexical`). Heads are
 linear, so a decision costs one encoder forward, one sparse TF-IDF row and a
@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -36,21 +36,27 @@ from eco_guard.classifier.lexical import Lexicon
 from eco_guard.errors import GuardLoadError, InputError, UserError
 
 FORMAT_NAME = "eco-guard-classifier"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+"""3: heads read layer-pooled features (:meth:`Encoder.features`), not the sentence embedding."""
 WEIGHTS_FILE = "classifier.safetensors"
 META_FILE = "classifier.json"
 
 _C = 16.0
-"""Inverse L2 strength of the heads. Unit-norm embeddings need weights of norm ~10-20 to
+"""Inverse L2 strength of the heads. Unit-norm encoder features need weights of norm ~10-20 to
 separate a topic, and the lexical block needs room to put large weights on a few rare
 names: on TOFU (D1) C=4 reached TPR 0.96/0.93 on new questions/paraphrases, C=16 0.985/0.945
-at the same calibrated FPR, with no FPR cost on the few-shot protocol (D3)."""
+at the same calibrated FPR, with no FPR cost on the few-shot protocol (D3). Re-checked
+for layer-pooled features on validation rows: C=32 and 64 were no better than 16."""
 
 _LEXICAL_WEIGHT = 1.0
-"""Scale of the lexical block against the unit-norm embedding block. 2.0 lifted D1 TPR to
+"""Scale of the lexical block against the unit-norm encoder block. 2.0 lifted D1 TPR to
 0.99/0.985 but, with a handful of examples, tied heads to the examples' exact words: the
 France/Python unit policy then missed 3 of 7 reworded questions ("Which city is the French
 capital?"), against 0 of 7 at 1.0. One default must serve both, so rewordings win."""
+
+FeatureView = Literal["sentence", "layers"]
+"""What the heads read from :meth:`Encoder.features`: the sentence-embedding block alone, or
+every layer-pooled block. ``fit`` chooses per policy (see :func:`_select_view`)."""
 
 _EMBED_CHUNK = 256
 """Texts per progress-bar step while fitting; large enough to keep the encoder batched."""
@@ -81,6 +87,8 @@ class TargetFit:
     calibration: Calibration
     train_auc: float
     """AUROC on the head's own training rows: a sanity check, not an estimate of test quality."""
+    view_note: str = ""
+    """Which feature view ``fit`` chose and the held-out recall of each (shared by all targets)."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ class Verdict:
 
 
 class Classifier:
-    """Per-target logistic heads over encoder embeddings, with conformally calibrated thresholds.
+    """Per-target logistic heads over encoder features, with conformally calibrated thresholds.
 
     Thresholds are stored per target (``fit`` sets them all to one jointly calibrated
     value, see there). Immutable after construction, so one instance can serve many threads. Scores are
@@ -117,6 +125,7 @@ class Classifier:
         bias: np.ndarray,
         thresholds: np.ndarray,
         lexicon: Lexicon | None = None,
+        view: FeatureView = "sentence",
     ) -> None:
         n = len(target_ids)
         if n == 0:
@@ -127,9 +136,12 @@ class Classifier:
         bias = _frozen(bias)
         thresholds = _frozen(thresholds)
         lexicon = lexicon or Lexicon((), np.zeros(0))
-        if weights.shape != (n, encoder.dim + lexicon.size) or bias.shape != (n,) or thresholds.shape != (n,):
+        if view not in ("sentence", "layers"):
+            raise UserError(f"feature view must be 'sentence' or 'layers', got {view!r}")
+        width = _view_width(encoder, view)
+        if weights.shape != (n, width + lexicon.size) or bias.shape != (n,) or thresholds.shape != (n,):
             raise UserError(
-                f"head shapes do not match {n} targets, encoder dim {encoder.dim} and {lexicon.size} lexical "
+                f"head shapes do not match {n} targets, {view} features of width {width} and {lexicon.size} lexical "
                 f"features: weights {weights.shape}, "
                 f"bias {bias.shape}, thresholds {thresholds.shape}"
             )
@@ -139,6 +151,12 @@ class Classifier:
         self._bias = bias
         self._thresholds = thresholds
         self._lexicon = lexicon
+        self._view: FeatureView = view
+
+    @property
+    def view(self) -> FeatureView:
+        """Which encoder features the heads read (chosen by :meth:`fit`)."""
+        return self._view
 
     @property
     def encoder(self) -> Encoder:
@@ -172,7 +190,8 @@ class Classifier:
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """Scores ``[n, n_targets]`` for a batch of texts; one encoder call for the whole batch."""
-        return _head_scores(self._encoder.encode(texts), self._lexicon.transform(texts), self._weights, self._bias)
+        feats = _view(self._encoder.features(texts), self._view, self._encoder.dim)
+        return _head_scores(feats, self._lexicon.transform(texts), self._weights, self._bias)
 
     def decide(self, scores: np.ndarray) -> list[Verdict]:
         """Apply the thresholds; when several targets fire, report the one furthest above its threshold.
@@ -210,7 +229,9 @@ class Classifier:
             "target_ids": self._target_ids,
             "encoder": self._encoder.name,
             "encoder_precision": self._encoder.precision,
-            "dim": self._encoder.dim,
+            "dim": self._encoder.feature_dim,
+            "feature_layers": list(self._encoder.feature_layers),
+            "feature_view": self._view,
             "lexical_terms": list(self._lexicon.terms),
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -231,10 +252,14 @@ class Classifier:
         missing = {"weights", "bias", "thresholds", "idf"} - set(tensors)
         if missing:
             raise GuardLoadError(f"{directory / WEIGHTS_FILE}: missing tensors {sorted(missing)}; re-run fit")
-        if meta["dim"] != encoder.dim:
+        view = meta.get("feature_view")
+        if view not in ("sentence", "layers"):
+            raise GuardLoadError(f"{directory / META_FILE}: feature_view must be 'sentence' or 'layers', got {view!r}; re-run fit")
+        if meta["dim"] != encoder.feature_dim or meta.get("feature_layers") != list(encoder.feature_layers):
             raise GuardLoadError(
-                f"{directory}: heads were fitted on a {meta['dim']}-dim encoder ({meta['encoder']}), "
-                f"but the loaded encoder {encoder.name} has dim {encoder.dim}; load the encoder used for fitting"
+                f"{directory}: heads were fitted on {meta['dim']}-wide features of layers {meta.get('feature_layers')} "
+                f"({meta['encoder']}), but the loaded encoder {encoder.name} gives {encoder.feature_dim}-wide features "
+                f"of layers {list(encoder.feature_layers)}; load the encoder used for fitting"
             )
         fitted_precision = meta.get("encoder_precision", "float32")
         if fitted_precision != encoder.precision:
@@ -253,7 +278,7 @@ class Classifier:
             raise GuardLoadError(f"{directory / WEIGHTS_FILE}: contains NaN or infinite values; re-run fit")
         try:
             lexicon = Lexicon(tuple(meta["lexical_terms"]), arrays["idf"])
-            return cls(encoder, meta["target_ids"], arrays["weights"], arrays["bias"], arrays["thresholds"], lexicon)
+            return cls(encoder, meta["target_ids"], arrays["weights"], arrays["bias"], arrays["thresholds"], lexicon, view)
         except (UserError, ValueError) as exc:
             raise GuardLoadError(f"{directory}: inconsistent classifier files: {exc}") from exc
 
@@ -290,71 +315,169 @@ class Classifier:
         gets its own split-conformal threshold and the largest wins, so the rate is bounded
         for traffic like *each* source rather than for their mixture, where a large generic
         background would hide a high rate on near neighbours.
+
+        The encoder runs once; whether the heads read the sentence embedding or every
+        layer-pooled block is then chosen by held-out recall on the policy's own forget
+        examples (see :func:`_select_view`), and the report says which and why.
         """
         targets = list(targets)
         _validate_targets(targets)
         if not 0.0 < target_fpr < 1.0:
             raise UserError(f"target_fpr must be strictly between 0 and 1, got {target_fpr}")
         bg = _unique(background_prompts() if background is None else background)
-        user_cal = _unique(calibration or [])
-
         bg_order = np.random.default_rng(seed).permutation(len(bg))
         n_bg_cal = len(bg) // 2
-        bg_cal = [bg[i] for i in bg_order[:n_bg_cal]]
-        bg_train = [bg[i] for i in bg_order[n_bg_cal:]]
-
-        plans = [_plan_target(t, targets, bg_train) for t in targets]
-        # Held out from every head: no text any head trains on may calibrate the shared threshold.
-        trained = {s for plan in plans for s in plan.train_texts}
-        sources = {
-            "calibration": [s for s in user_cal if s not in trained],
-            "held-out background": [s for s in bg_cal if s not in trained],
-        }
-        # Texts trained only as some head's retain rows: cross-fitting keeps them unseen.
-        not_retain = {s for t in targets for s in t.forget} | set(bg_train)
-        retain_cal = [] if user_cal else _unique(s for plan in plans for s in plan.retain if s not in not_retain)
-
-        # Every distinct text is embedded exactly once, whatever roles it plays.
-        row_of: dict[str, int] = {}
-        for text in [s for plan in plans for s in plan.train_texts] + [s for v in sources.values() for s in v]:
-            row_of.setdefault(text, len(row_of))
-        texts = list(row_of)
-        lexicon = Lexicon.fit([s for t in targets for s in t.forget], sorted(trained))
-        emb = _embed(encoder, texts, progress)
-        lex = lexicon.transform(texts)
-        feats = _features(emb, lex)
-
-        weights = np.zeros((len(targets), feats.shape[1]))
-        bias = np.zeros(len(targets))
-        for i, plan in enumerate(tqdm(plans, desc="fitting heads", unit="target", disable=not progress, file=sys.stderr)):
-            weights[i], bias[i] = _fit_head(feats[[row_of[s] for s in plan.train_texts]], plan.train_labels)
-
-        # Calibrate with the exact scoring code used at run time, so a calibration score and
-        # a live score of the same text are bit-identical.
-        all_scores = _head_scores(emb, lex, weights, bias)
-        max_scores = {name: all_scores[[row_of[s] for s in v]].max(axis=1) for name, v in sources.items() if v}
-        if retain_cal:
-            rows = [row_of[s] for s in retain_cal]
-            crossed = _cross_fitted_retain_scores(plans, retain_cal, all_scores[rows], feats, row_of, emb[rows], lex[rows])
-            if crossed.size:
-                max_scores = {"cross-fitted retain": crossed, **max_scores}
-        if not max_scores:
-            raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
-        calibration_result = _joint_threshold(max_scores, target_fpr, len(targets))
+        split = _Negatives(
+            bg_train=[bg[i] for i in bg_order[n_bg_cal:]],
+            bg_cal=[bg[i] for i in bg_order[:n_bg_cal]],
+            user_cal=_unique(calibration or []),
+        )
+        # Every distinct text is embedded exactly once, whatever roles it plays in any fit below.
+        texts = _unique(
+            [s for t in targets for s in t.forget + t.retain] + split.bg_train + split.bg_cal + split.user_cal
+        )
+        row_of = {text: i for i, text in enumerate(texts)}
+        feats = _embed(encoder, texts, progress)
+        views = {v: _view(feats, v, encoder.dim) for v in (("sentence", "layers") if encoder.feature_layers else ("sentence",))}
+        view, view_note = _select_view(targets, views, row_of, texts, split, target_fpr)
+        core = _fit_core(targets, views[view], row_of, texts, split, target_fpr, progress=progress)
         fits = [
             TargetFit(
                 id=target.id,
                 n_forget=plan.n_forget,
                 n_retain_train=plan.n_retain_train,
                 n_background_train=plan.n_background_train,
-                n_calibration=calibration_result.n_calibration,
-                calibration=calibration_result,
-                train_auc=float(roc_auc_score(plan.train_labels, all_scores[[row_of[s] for s in plan.train_texts], i])),
+                n_calibration=core.calibration.n_calibration,
+                calibration=core.calibration,
+                train_auc=float(roc_auc_score(plan.train_labels, core.scores[[row_of[s] for s in plan.train_texts], i])),
+                view_note=view_note,
             )
-            for i, (target, plan) in enumerate(zip(targets, plans))
+            for i, (target, plan) in enumerate(zip(targets, core.plans))
         ]
-        thresholds = np.full(len(targets), calibration_result.threshold)
-        return cls(encoder, [t.id for t in targets], weights, bias, thresholds, lexicon), fits
+        thresholds = np.full(len(targets), core.calibration.threshold)
+        return cls(encoder, [t.id for t in targets], core.weights, core.bias, thresholds, core.lexicon, view), fits
+
+
+@dataclass(frozen=True)
+class _Negatives:
+    """The fit's background split (half trains heads, half calibrates) and the policy's calibration texts."""
+
+    bg_train: list[str]
+    bg_cal: list[str]
+    user_cal: list[str]
+
+
+@dataclass(frozen=True)
+class _Core:
+    """Fitted heads, their shared calibration, and every embedded text's scores."""
+
+    weights: np.ndarray
+    bias: np.ndarray
+    lexicon: Lexicon
+    calibration: Calibration
+    plans: list[_TargetPlan]
+    scores: np.ndarray
+
+
+def _fit_core(
+    targets: list[TargetData],
+    feats: np.ndarray,
+    row_of: dict[str, int],
+    texts: list[str],
+    split: _Negatives,
+    target_fpr: float,
+    *,
+    progress: bool = False,
+    estimate: bool = True,
+) -> _Core:
+    """Heads for ``targets`` on already-embedded ``feats`` (rows per ``row_of``) and their joint threshold.
+
+    See :meth:`Classifier.fit` for which texts train and which calibrate. ``estimate``
+    adds the 2-fold false-positive estimate to the calibration note (skipped by the
+    inner fits of :func:`_select_view`, which only need the threshold).
+    """
+    plans = [_plan_target(t, targets, split.bg_train) for t in targets]
+    # Held out from every head: no text any head trains on may calibrate the shared threshold.
+    trained = {s for plan in plans for s in plan.train_texts}
+    sources = {
+        "calibration": [s for s in split.user_cal if s not in trained],
+        "held-out background": [s for s in split.bg_cal if s not in trained],
+    }
+    # Texts trained only as some head's retain rows: cross-fitting keeps them unseen.
+    not_retain = {s for t in targets for s in t.forget} | set(split.bg_train)
+    retain_cal = [] if split.user_cal else _unique(s for plan in plans for s in plan.retain if s not in not_retain)
+
+    lexicon = Lexicon.fit([s for t in targets for s in t.forget], sorted(trained))
+    lex = lexicon.transform(texts)
+    train_feats = _features(feats, lex)
+    weights = np.zeros((len(targets), train_feats.shape[1]))
+    bias = np.zeros(len(targets))
+    for i, plan in enumerate(tqdm(plans, desc="fitting heads", unit="target", disable=not progress, file=sys.stderr)):
+        weights[i], bias[i] = _fit_head(train_feats[[row_of[s] for s in plan.train_texts]], plan.train_labels)
+
+    # Calibrate with the exact scoring code used at run time, so a calibration score and
+    # a live score of the same text are bit-identical.
+    all_scores = _head_scores(feats, lex, weights, bias)
+    max_scores = {name: all_scores[[row_of[s] for s in v]].max(axis=1) for name, v in sources.items() if v}
+    if retain_cal:
+        rows = [row_of[s] for s in retain_cal]
+        crossed = _cross_fitted_retain_scores(plans, retain_cal, all_scores[rows], train_feats, row_of, feats[rows], lex[rows])
+        if crossed.size:
+            max_scores = {"cross-fitted retain": crossed, **max_scores}
+    if not max_scores:
+        raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
+    calibration = _joint_threshold(max_scores, target_fpr, len(targets), estimate=estimate)
+    return _Core(weights, bias, lexicon, calibration, plans, all_scores)
+
+
+def _select_view(
+    targets: list[TargetData],
+    views: dict[str, np.ndarray],
+    row_of: dict[str, int],
+    texts: list[str],
+    split: _Negatives,
+    target_fpr: float,
+) -> tuple[FeatureView, str]:
+    """Pick the feature view with the better recall on the policy's own held-out forget examples.
+
+    Layer-pooled features see wording as well as meaning. With hundreds of examples per
+    target that separates rewordings of a forget question from the same kind of question
+    about something else; with a handful it ties the heads to the examples' exact words,
+    and a calibrated threshold then misses rewordings. Which regime a policy is in is
+    measured, not guessed: each view is fitted twice, each time on alternate halves of
+    every target's forget list, with the threshold calibrated exactly as in the real fit,
+    and scored on the other half. On the issue-3 protocols this picks ``layers`` for the
+    large policies (TOFU, 200 forget examples: held-out recall 0.865 -> 0.890; WMDP:
+    0.905 -> 0.923) and ``sentence`` for the few-shot ones (20 authors x 5 examples:
+    0.800 vs 0.700; the 8-example France/Python test policy: 0.688 vs 0.438). Ties, and
+    policies with no target of two or more forget examples, keep ``sentence``, the view
+    the encoder was trained to produce. Costs four head fits; the encoder runs once.
+    """
+    if len(views) < 2 or not any(len(_unique(t.forget)) >= 2 for t in targets):
+        return "sentence", "sentence-embedding features (no held-out forget examples to compare feature views on)"
+    recall: dict[FeatureView, float] = {}
+    for name, feats in views.items():
+        hits = total = 0
+        for fold in (0, 1):
+            kept, held = [], []
+            for t in targets:
+                forget = _unique(t.forget)
+                if len(forget) < 2:
+                    kept.append(t)
+                    continue
+                kept.append(TargetData(t.id, forget[fold::2], t.retain))
+                held += forget[1 - fold :: 2]
+            core = _fit_core(kept, feats, row_of, texts, split, target_fpr, estimate=False)
+            rows = [row_of[s] for s in held]
+            hits += int(np.sum(core.scores[rows].max(axis=1) > core.calibration.threshold))
+            total += len(rows)
+        recall[name] = hits / total  # type: ignore[index]
+    chosen: FeatureView = "layers" if recall.get("layers", -1.0) > recall["sentence"] else "sentence"
+    shown = ", ".join(f"{v} {r:.3f}" for v, r in recall.items())
+    return chosen, (
+        f"{chosen} features, chosen by recall on held-out forget examples at the calibrated threshold "
+        f"(2-fold over each target's forget list: {shown})"
+    )
 
 
 def _fit_head(features: sparse.csr_matrix, labels: np.ndarray) -> tuple[np.ndarray, float]:
@@ -510,6 +633,21 @@ def _validate_targets(targets: list[TargetData]) -> None:
             raise UserError(f"target {t.id!r} has no forget examples")
 
 
+def _view(feats: np.ndarray, view: FeatureView, dim: int) -> np.ndarray:
+    """The columns of :meth:`Encoder.features` a view reads; ``sentence`` is the last block, rescaled to unit norm.
+
+    Fitting and scoring both go through here, so a text's features, and so its score,
+    are bit-identical in calibration and at run time.
+    """
+    if view == "layers":
+        return feats
+    return feats[:, -dim:] * np.float32(np.sqrt(feats.shape[1] // dim))
+
+
+def _view_width(encoder: Encoder, view: FeatureView) -> int:
+    return encoder.feature_dim if view == "layers" else encoder.dim
+
+
 def _features(emb: np.ndarray, lex: sparse.csr_matrix) -> sparse.csr_matrix:
     """Embedding and lexical blocks side by side, each row of each block of unit norm before weighting."""
     return sparse.hstack([sparse.csr_matrix(emb.astype(np.float64)), _LEXICAL_WEIGHT * lex], format="csr")
@@ -529,11 +667,11 @@ def _head_scores(emb: np.ndarray, lex: sparse.csr_matrix, weights: np.ndarray, b
 
 def _embed(encoder: Encoder, texts: list[str], progress: bool) -> np.ndarray:
     """Embed in chunks so a long fit shows progress; chunking does not change the result."""
-    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    out = np.empty((len(texts), encoder.feature_dim), dtype=np.float32)
     with tqdm(total=len(texts), desc="embedding examples", unit="text", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(texts), _EMBED_CHUNK):
             chunk = texts[start : start + _EMBED_CHUNK]
-            out[start : start + len(chunk)] = encoder.encode(chunk)
+            out[start : start + len(chunk)] = encoder.features(chunk)
             bar.update(len(chunk))
     return out
 
