@@ -194,7 +194,7 @@ class Encoder:
     def _batched(self, texts: Sequence[str], batch_size: int, width: int, *, pooled_layers: bool) -> np.ndarray:
         """Validate, sort longest-first, run :meth:`_forward` per batch, restore input order."""
         if isinstance(texts, str):
-            raise InputError("encode() takes a sequence of strings, not a single string")
+            raise InputError("the encoder takes a sequence of strings, not a single string")
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         items = list(texts)
