@@ -263,6 +263,31 @@ def test_fit_report(fitted: tuple[Classifier, list[TargetFit]]) -> None:
         assert f.calibration.achievable and f.calibration.target_fpr == TARGET_FPR
         assert f.train_auc > 0.99
     np.testing.assert_array_equal(clf.thresholds, [f.calibration.threshold for f in fits])
+    # Eight examples per target: held-out recall decides for the sentence view, and says so.
+    assert clf.view == "sentence"
+    assert fits[0].view_note.startswith("sentence features") and "layers 0." in fits[0].view_note
+
+
+def test_layers_view_round_trips_and_scores_the_layer_blocks(
+    fitted: tuple[Classifier, list[TargetFit]], encoder: Encoder, tmp_path: Path
+) -> None:
+    clf, _ = fitted
+    rng = np.random.default_rng(0)
+    width = encoder.feature_dim + clf.lexicon.size
+    weights = rng.normal(size=(2, width))
+    layered = Classifier(encoder, clf.target_ids, weights, clf.bias, clf.thresholds, clf.lexicon, view="layers")
+    texts = ["What is the capital of France?", "How do I bake bread?"]
+    expected = 1 / (1 + np.exp(-(encoder.features(texts) @ weights[:, : encoder.feature_dim].T
+                                 + clf.lexicon.transform(texts) @ weights[:, encoder.feature_dim :].T + clf.bias)))
+    np.testing.assert_allclose(layered.score(texts), expected, rtol=1e-5)
+    layered.save(tmp_path)
+    loaded = Classifier.load(tmp_path, encoder)
+    assert loaded.view == "layers"
+    np.testing.assert_array_equal(loaded.score(texts), layered.score(texts))
+    with pytest.raises(UserError, match="feature view"):
+        Classifier(encoder, clf.target_ids, weights, clf.bias, clf.thresholds, clf.lexicon, view="pixels")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="head shapes"):
+        Classifier(encoder, clf.target_ids, weights, clf.bias, clf.thresholds, clf.lexicon, view="sentence")
 
 
 def test_held_out_paraphrases_are_flagged_for_the_right_target(fitted: tuple[Classifier, list[TargetFit]]) -> None:
@@ -359,8 +384,10 @@ def _edit_json(**changes: object) -> Callable[[Path], None]:
         _edit_json(dim=768),
         _edit_json(format_version=99),
         _edit_json(target_ids=["only-one"]),
+        _edit_json(feature_view="pixels"),
+        _edit_json(feature_layers=[6]),
     ],
-    ids=["missing", "corrupt-weights", "corrupt-json", "dim-mismatch", "version", "ids-mismatch"],
+    ids=["missing", "corrupt-weights", "corrupt-json", "dim-mismatch", "version", "ids-mismatch", "view", "layers"],
 )
 def test_load_broken_dir_raises(
     fitted: tuple[Classifier, list[TargetFit]], encoder: Encoder, tmp_path: Path, breaker: Callable[[Path], None]

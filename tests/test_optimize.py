@@ -71,4 +71,6 @@ def test_fit_auto_strength_is_optimised_and_reported(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "g" / "report.json").read_text(encoding="utf-8"))
     assert "strength_curve.png" in report["plots"] and (tmp_path / "g" / "strength_curve.png").stat().st_size > 0
     assert report["targets"][0]["search"]["strength"] == fitted["corruption"]["strength"]
-    assert "Corruption strength search" in (tmp_path / "g" / "report.md").read_text(encoding="utf-8")
+    report_md = (tmp_path / "g" / "report.md").read_text(encoding="utf-8")
+    assert "Corruption strength search" in report_md
+    assert "## Classifier features" in report_md and report["targets"][0]["feature_view_note"] in report_md
