@@ -227,13 +227,7 @@ def fit_guard(
         seed=seed,
     )
     # Scores on the fit data, for the report's histograms: in-sample, and labelled so.
-    fit_scores = {
-        t.id: {
-            "forget": classifier.score([e.text for e in f])[:, i].tolist(),
-            "retain": classifier.score([e.text for e in r])[:, i].tolist() if r else [],
-        }
-        for i, (t, f, r) in enumerate(zip(policy.targets, forgets, retains))
-    }
+    fit_scores = {fit.id: {"forget": list(fit.forget_scores), "retain": list(fit.retain_scores)} for fit in fits}
     summary_targets = [
         {
             "id": fit.id,

@@ -263,6 +263,11 @@ def test_fit_report(fitted: tuple[Classifier, list[TargetFit]]) -> None:
         assert f.calibration.achievable and f.calibration.target_fpr == TARGET_FPR
         assert f.train_auc > 0.99
     np.testing.assert_array_equal(clf.thresholds, [f.calibration.threshold for f in fits])
+    # The report's in-sample scores are what scoring the examples again gives (up to the float
+    # rounding of a differently padded batch).
+    for i, (f, forget, retain) in enumerate(zip(fits, (FRANCE, PYTHON), (FRANCE_RETAIN, PYTHON_RETAIN))):
+        np.testing.assert_allclose(f.forget_scores, clf.score(forget)[:, i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(f.retain_scores, clf.score(retain)[:, i], rtol=1e-5, atol=1e-6)
     # Eight examples per target: held-out recall decides for the sentence view, and says so.
     assert clf.view == "sentence"
     assert fits[0].view_note.startswith("sentence features") and "layers 0." in fits[0].view_note

@@ -89,6 +89,11 @@ class TargetFit:
     """AUROC on the head's own training rows: a sanity check, not an estimate of test quality."""
     view_note: str = ""
     """Which feature view ``fit`` chose and the held-out recall of each (shared by all targets)."""
+    forget_scores: tuple[float, ...] = ()
+    retain_scores: tuple[float, ...] = ()
+    """The final head's in-sample scores on the target's forget and retain texts, in the order
+    given (blank texts skipped), for the fit report's histograms: scoring them again would
+    embed every example a second time, which on a large policy doubled the fit."""
 
 
 @dataclass(frozen=True)
@@ -351,6 +356,8 @@ class Classifier:
                 calibration=core.calibration,
                 train_auc=float(roc_auc_score(plan.train_labels, core.scores[[row_of[s] for s in plan.train_texts], i])),
                 view_note=view_note,
+                forget_scores=tuple(float(core.scores[row_of[s], i]) for s in target.forget if s in row_of),
+                retain_scores=tuple(float(core.scores[row_of[s], i]) for s in target.retain if s in row_of),
             )
             for i, (target, plan) in enumerate(zip(targets, core.plans))
         ]
@@ -416,7 +423,8 @@ def _fit_core(
         weights[i], bias[i] = _fit_head(train_feats[[row_of[s] for s in plan.train_texts]], plan.train_labels)
 
     # Calibrate with the exact scoring code used at run time, so a calibration score and
-    # a live score of the same text are bit-identical.
+    # a live score of the same text differ only by the float rounding of a differently
+    # padded encoder batch (~1e-8).
     all_scores = _head_scores(feats, lex, weights, bias)
     max_scores = {name: all_scores[[row_of[s] for s in v]].max(axis=1) for name, v in sources.items() if v}
     if retain_cal:
@@ -637,7 +645,7 @@ def _view(feats: np.ndarray, view: FeatureView, dim: int) -> np.ndarray:
     """The columns of :meth:`Encoder.features` a view reads; ``sentence`` is the last block, rescaled to unit norm.
 
     Fitting and scoring both go through here, so a text's features, and so its score,
-    are bit-identical in calibration and at run time.
+    are computed the same way in calibration and at run time.
     """
     if view == "layers":
         return feats
