@@ -197,6 +197,8 @@ def fit_guard(
         encoder, data, target_fpr=policy.classifier.target_fpr, seed=seed, calibration=calibration, progress=progress
     )
     # --- end issue 3
+    if fits:
+        say(f"classifier: {fits[0].view_note}")
     for fit in fits:
         if not fit.calibration.achievable:
             say(f"warning: target {fit.id!r}: {fit.calibration.note}")
