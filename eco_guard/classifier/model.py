@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -57,6 +57,7 @@ capital?"), against 0 of 7 at 1.0. One default must serve both, so rewordings wi
 FeatureView = Literal["sentence", "layers"]
 """What the heads read from :meth:`Encoder.features`: the sentence-embedding block alone, or
 every layer-pooled block. ``fit`` chooses per policy (see :func:`_select_view`)."""
+_VIEWS: tuple[FeatureView, ...] = get_args(FeatureView)
 
 _EMBED_CHUNK = 256
 """Texts per progress-bar step while fitting; large enough to keep the encoder batched."""
@@ -141,8 +142,8 @@ class Classifier:
         bias = _frozen(bias)
         thresholds = _frozen(thresholds)
         lexicon = lexicon or Lexicon((), np.zeros(0))
-        if view not in ("sentence", "layers"):
-            raise UserError(f"feature view must be 'sentence' or 'layers', got {view!r}")
+        if view not in _VIEWS:
+            raise UserError(f"feature view must be one of {_VIEWS}, got {view!r}")
         width = _view_width(encoder, view)
         if weights.shape != (n, width + lexicon.size) or bias.shape != (n,) or thresholds.shape != (n,):
             raise UserError(
@@ -258,8 +259,8 @@ class Classifier:
         if missing:
             raise GuardLoadError(f"{directory / WEIGHTS_FILE}: missing tensors {sorted(missing)}; re-run fit")
         view = meta.get("feature_view")
-        if view not in ("sentence", "layers"):
-            raise GuardLoadError(f"{directory / META_FILE}: feature_view must be 'sentence' or 'layers', got {view!r}; re-run fit")
+        if view not in _VIEWS:
+            raise GuardLoadError(f"{directory / META_FILE}: feature_view must be one of {_VIEWS}, got {view!r}; re-run fit")
         if meta["dim"] != encoder.feature_dim or meta.get("feature_layers") != list(encoder.feature_layers):
             raise GuardLoadError(
                 f"{directory}: heads were fitted on {meta['dim']}-wide features of layers {meta.get('feature_layers')} "
@@ -343,7 +344,7 @@ class Classifier:
         )
         row_of = {text: i for i, text in enumerate(texts)}
         feats = _embed(encoder, texts, progress)
-        views = {v: _view(feats, v, encoder.dim) for v in (("sentence", "layers") if encoder.feature_layers else ("sentence",))}
+        views = {v: _view(feats, v, encoder.dim) for v in (_VIEWS if encoder.feature_layers else ("sentence",))}
         view, view_note = _select_view(targets, views, row_of, texts, split, target_fpr)
         core = _fit_core(targets, views[view], row_of, texts, split, target_fpr, progress=progress)
         fits = [
