@@ -344,7 +344,7 @@ class Classifier:
         )
         row_of = {text: i for i, text in enumerate(texts)}
         feats = _embed(encoder, texts, progress)
-        views = {v: _view(feats, v, encoder.dim) for v in (_VIEWS if encoder.feature_layers else ("sentence",))}
+        views: dict[FeatureView, np.ndarray] = {v: _view(feats, v, encoder.dim) for v in (_VIEWS if encoder.feature_layers else ("sentence",))}
         view, view_note = _select_view(targets, views, row_of, texts, split, target_fpr)
         core = _fit_core(targets, views[view], row_of, texts, split, target_fpr, progress=progress)
         fits = [
@@ -441,7 +441,7 @@ def _fit_core(
 
 def _select_view(
     targets: list[TargetData],
-    views: dict[str, np.ndarray],
+    views: dict[FeatureView, np.ndarray],
     row_of: dict[str, int],
     texts: list[str],
     split: _Negatives,
@@ -464,23 +464,27 @@ def _select_view(
     """
     if len(views) < 2 or not any(len(_unique(t.forget)) >= 2 for t in targets):
         return "sentence", "sentence-embedding features (no held-out forget examples to compare feature views on)"
+    # The same two folds for every view: targets with one example keep it in both.
+    folds: list[tuple[list[TargetData], list[str]]] = []
+    for fold in (0, 1):
+        kept, held = [], []
+        for t in targets:
+            forget = _unique(t.forget)
+            if len(forget) < 2:
+                kept.append(t)
+                continue
+            kept.append(TargetData(t.id, forget[fold::2], t.retain))
+            held += forget[1 - fold :: 2]
+        folds.append((kept, held))
     recall: dict[FeatureView, float] = {}
     for name, feats in views.items():
         hits = total = 0
-        for fold in (0, 1):
-            kept, held = [], []
-            for t in targets:
-                forget = _unique(t.forget)
-                if len(forget) < 2:
-                    kept.append(t)
-                    continue
-                kept.append(TargetData(t.id, forget[fold::2], t.retain))
-                held += forget[1 - fold :: 2]
+        for kept, held in folds:
             core = _fit_core(kept, feats, row_of, texts, split, target_fpr, estimate=False)
             rows = [row_of[s] for s in held]
             hits += int(np.sum(core.scores[rows].max(axis=1) > core.calibration.threshold))
             total += len(rows)
-        recall[name] = hits / total  # type: ignore[index]
+        recall[name] = hits / total
     chosen: FeatureView = "layers" if recall.get("layers", -1.0) > recall["sentence"] else "sentence"
     shown = ", ".join(f"{v} {r:.3f}" for v, r in recall.items())
     return chosen, (
