@@ -316,6 +316,7 @@ def run_protocol(protocol: Protocol, *, seed: int = 0, progress: bool = False) -
         "threshold": first["threshold"],
         "target_fpr": first["target_fpr"],
         "calibration_note": first["calibration_note"],
+        "classifier_features": first.get("feature_view_note", ""),
         "sets": {},
     }
     for name, res in results.items():
@@ -395,7 +396,7 @@ def markdown(summaries: list[dict[str, Any]]) -> str:
         lines.append(
             f"- {s['protocol']}: fit {s['fit_seconds']} s for {s['n_targets']} target(s); scoring "
             f"{s['scoring_prompts_per_s']} prompts/s; threshold {s['threshold']:.4f} at target FPR {s['target_fpr']}. "
-            f"Calibration: {s['calibration_note']}"
+            f"Classifier: {s.get('classifier_features', '')}. Calibration: {s['calibration_note']}"
         )
     return "\n".join(lines) + "\n"
 

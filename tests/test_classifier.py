@@ -27,6 +27,7 @@ from eco_guard.classifier import (
     conformal_threshold,
     resolve_encoder_path,
 )
+from eco_guard.classifier.lexical import Lexicon
 from eco_guard.errors import GuardLoadError, InputError, ModelLoadError, UserError
 
 FRANCE = [
@@ -268,9 +269,12 @@ def test_fit_report(fitted: tuple[Classifier, list[TargetFit]]) -> None:
     for i, (f, forget, retain) in enumerate(zip(fits, (FRANCE, PYTHON), (FRANCE_RETAIN, PYTHON_RETAIN))):
         np.testing.assert_allclose(f.forget_scores, clf.score(forget)[:, i], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(f.retain_scores, clf.score(retain)[:, i], rtol=1e-5, atol=1e-6)
-    # Eight examples per target: held-out recall decides for the sentence view, and says so.
-    assert clf.view == "sentence"
-    assert fits[0].view_note.startswith("sentence features") and "layers 0." in fits[0].view_note
+    # Eight examples per target: held-out recall decides for the sentence view and the plain
+    # lexical weight, and says so with every candidate's recall.
+    assert clf.view == "sentence" and clf.lexicon.weight == 1.0
+    assert fits[0].view_note.startswith("sentence + lexical x1 features")
+    for candidate in ("layers + lexical x1 0.", "sentence + lexical x2 0.", "layers + lexical x2 0."):
+        assert candidate in fits[0].view_note
 
 
 def test_layers_view_round_trips_and_scores_the_layer_blocks(
@@ -391,8 +395,13 @@ def _edit_json(**changes: object) -> Callable[[Path], None]:
         _edit_json(target_ids=["only-one"]),
         _edit_json(feature_view="pixels"),
         _edit_json(feature_layers=[6]),
+        _edit_json(lexical_weight=-1.0),
+        _edit_json(lexical_weight="heavy"),
     ],
-    ids=["missing", "corrupt-weights", "corrupt-json", "dim-mismatch", "version", "ids-mismatch", "view", "layers"],
+    ids=[
+        "missing", "corrupt-weights", "corrupt-json", "dim-mismatch", "version", "ids-mismatch", "view", "layers",
+        "lexical-weight", "lexical-weight-type",
+    ],
 )
 def test_load_broken_dir_raises(
     fitted: tuple[Classifier, list[TargetFit]], encoder: Encoder, tmp_path: Path, breaker: Callable[[Path], None]
@@ -417,3 +426,22 @@ def test_single_prompt_decision_latency(fitted: tuple[Classifier, list[TargetFit
         times.append((time.perf_counter() - start) * 1000)
     assert isinstance(verdict, Verdict)
     print(f"\none-prompt classifier decision: p50 {statistics.median(times):.2f} ms, max {max(times):.2f} ms")
+
+
+def test_lexical_weight_scales_the_lexical_block_and_round_trips(
+    fitted: tuple[Classifier, list[TargetFit]], encoder: Encoder, tmp_path: Path
+) -> None:
+    clf, _ = fitted
+    heavy = Lexicon(clf.lexicon.terms, clf.lexicon.idf, 2.0)
+    texts = ["What is the population of Paris?", "How do I bake bread?"]
+    np.testing.assert_allclose((heavy.transform(texts) - 2.0 * clf.lexicon.transform(texts)).toarray(), 0.0, atol=1e-12)
+    norms = np.sqrt(np.asarray(heavy.transform(texts[:1]).multiply(heavy.transform(texts[:1])).sum(axis=1))).ravel()
+    np.testing.assert_allclose(norms, [2.0])
+    weighted = Classifier(encoder, clf.target_ids, clf.weights, clf.bias, clf.thresholds, heavy)
+    assert not np.allclose(weighted.score(texts[:1]), clf.score(texts[:1]))  # the weight reaches the scores
+    weighted.save(tmp_path)
+    loaded = Classifier.load(tmp_path, encoder)
+    assert loaded.lexicon.weight == 2.0
+    np.testing.assert_array_equal(loaded.score(texts), weighted.score(texts))
+    with pytest.raises(ValueError, match="positive"):
+        Lexicon(clf.lexicon.terms, clf.lexicon.idf, 0.0)

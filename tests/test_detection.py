@@ -180,3 +180,5 @@ def test_d1_detection_fast_check() -> None:
     assert sets["test questions"]["tpr"] >= 0.8
     assert sets["paraphrases"]["tpr"] >= 0.7
     assert sets["retain test"]["fpr"] <= 0.03
+    # The benchmark records which feature set the fit chose, and every candidate's recall.
+    assert summary["classifier_features"].count("lexical x") == 5

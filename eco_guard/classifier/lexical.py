@@ -31,14 +31,22 @@ parts are common words on their own."""
 
 @dataclass(frozen=True)
 class Lexicon:
-    """A fixed vocabulary with idf weights; turns texts into L2-normalised TF-IDF rows."""
+    """A fixed vocabulary with idf weights; turns texts into TF-IDF rows of norm ``weight``.
+
+    ``weight`` scales the lexical block against the unit-norm encoder block the heads
+    read beside it: how much a prompt's shared rare words count against its meaning.
+    Which weight suits a policy is measured by ``Classifier.fit``.
+    """
 
     terms: tuple[str, ...]
     idf: np.ndarray
+    weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.idf.shape != (len(self.terms),):
             raise ValueError(f"idf has shape {self.idf.shape}, expected ({len(self.terms)},)")
+        if not (np.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"lexical weight must be a positive number, got {self.weight}")
         # Built once and used read-only afterwards, so one Lexicon is safe to share between
         # threads; the warm-up transform settles sklearn's lazily validated vocabulary.
         vectorizer = _vectorizer(list(self.terms) or ["\x00"])
@@ -51,7 +59,7 @@ class Lexicon:
         return len(self.terms)
 
     @classmethod
-    def fit(cls, vocabulary_texts: Sequence[str], corpus: Sequence[str]) -> Lexicon:
+    def fit(cls, vocabulary_texts: Sequence[str], corpus: Sequence[str], weight: float = 1.0) -> Lexicon:
         """Vocabulary from ``vocabulary_texts`` (the forget examples), idf from ``corpus``.
 
         Smoothed idf (as in sklearn) with the vocabulary texts counted as documents too,
@@ -61,10 +69,10 @@ class Lexicon:
         counts = _vectorizer(terms).transform(list(corpus))
         df = np.bincount(counts.nonzero()[1], minlength=len(terms)).astype(np.float64)
         idf = np.log((1.0 + len(corpus)) / (1.0 + df)) + 1.0
-        return cls(tuple(terms), idf)
+        return cls(tuple(terms), idf, weight)
 
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
-        """Sublinear TF-IDF rows, each of unit L2 norm (or all zero when no term matches)."""
+        """Sublinear TF-IDF rows, each of L2 norm ``weight`` (or all zero when no term matches)."""
         counts = self._vectorizer.transform(list(texts)).astype(np.float64)  # type: ignore[attr-defined]
         if not self.terms:
             return sparse.csr_matrix((counts.shape[0], 0))
@@ -72,7 +80,7 @@ class Lexicon:
         rows = counts.multiply(self.idf[None, :]).tocsr()
         norms = np.sqrt(np.asarray(rows.multiply(rows).sum(axis=1)).ravel())
         norms[norms == 0.0] = 1.0
-        return sparse.diags(1.0 / norms) @ rows
+        return sparse.diags(self.weight / norms) @ rows
 
 
 def _vectorizer(vocabulary: list[str] | None) -> CountVectorizer:

@@ -36,8 +36,9 @@ from eco_guard.classifier.lexical import Lexicon
 from eco_guard.errors import GuardLoadError, InputError, UserError
 
 FORMAT_NAME = "eco-guard-classifier"
-FORMAT_VERSION = 3
-"""3: heads read layer-pooled features (:meth:`Encoder.features`), not the sentence embedding."""
+FORMAT_VERSION = 4
+"""3: heads read layer-pooled features (:meth:`Encoder.features`), not the sentence embedding.
+4: the lexical block's weight is chosen per policy and recorded (``lexical_weight``)."""
 WEIGHTS_FILE = "classifier.safetensors"
 META_FILE = "classifier.json"
 
@@ -48,11 +49,15 @@ names: on TOFU (D1) C=4 reached TPR 0.96/0.93 on new questions/paraphrases, C=16
 at the same calibrated FPR, with no FPR cost on the few-shot protocol (D3). Re-checked
 for layer-pooled features on validation rows: C=32 and 64 were no better than 16."""
 
-_LEXICAL_WEIGHT = 1.0
-"""Scale of the lexical block against the unit-norm encoder block. 2.0 lifted D1 TPR to
-0.99/0.985 but, with a handful of examples, tied heads to the examples' exact words: the
-France/Python unit policy then missed 3 of 7 reworded questions ("Which city is the French
-capital?"), against 0 of 7 at 1.0. One default must serve both, so rewordings win."""
+LEXICAL_WEIGHTS = (1.0, 2.0)
+"""Scales of the lexical block against the unit-norm encoder block that ``fit`` compares.
+Names and rare terms decide entity-like targets, so there a heavier lexical block helps
+(validation rows: TOFU recall 0.82 -> 0.875 at weight 2, with the few-shot D3 false
+positives on unseen authors down 0.053 -> 0.038); with a handful of examples it ties
+heads to the examples' exact words (the France/Python test policy: 3 of 7 rewordings
+missed at 2, none at 1), and topic-like targets lose recall (WMDP 0.92 -> 0.89). One
+fixed weight cannot serve all three, so :func:`_select_view` measures which suits the
+policy; 1.0, listed first, wins ties."""
 
 FeatureView = Literal["sentence", "layers"]
 """What the heads read from :meth:`Encoder.features`: the sentence-embedding block alone, or
@@ -141,7 +146,7 @@ class Classifier:
         weights = _frozen(weights)
         bias = _frozen(bias)
         thresholds = _frozen(thresholds)
-        lexicon = lexicon or Lexicon((), np.zeros(0))
+        lexicon = lexicon if lexicon is not None else Lexicon((), np.zeros(0))
         if view not in _VIEWS:
             raise UserError(f"feature view must be one of {_VIEWS}, got {view!r}")
         width = _view_width(encoder, view)
@@ -239,6 +244,7 @@ class Classifier:
             "feature_layers": list(self._encoder.feature_layers),
             "feature_view": self._view,
             "lexical_terms": list(self._lexicon.terms),
+            "lexical_weight": self._lexicon.weight,
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
@@ -283,7 +289,7 @@ class Classifier:
         if not all(np.all(np.isfinite(a)) for a in arrays.values()):
             raise GuardLoadError(f"{directory / WEIGHTS_FILE}: contains NaN or infinite values; re-run fit")
         try:
-            lexicon = Lexicon(tuple(meta["lexical_terms"]), arrays["idf"])
+            lexicon = Lexicon(tuple(meta["lexical_terms"]), arrays["idf"], meta["lexical_weight"])
             return cls(encoder, meta["target_ids"], arrays["weights"], arrays["bias"], arrays["thresholds"], lexicon, view)
         except (UserError, ValueError) as exc:
             raise GuardLoadError(f"{directory}: inconsistent classifier files: {exc}") from exc
@@ -323,8 +329,9 @@ class Classifier:
         background would hide a high rate on near neighbours.
 
         The encoder runs once; whether the heads read the sentence embedding or every
-        layer-pooled block is then chosen by held-out recall on the policy's own forget
-        examples (see :func:`_select_view`), and the report says which and why.
+        layer-pooled block, and how much the lexical block weighs, are then chosen by
+        held-out recall on the policy's own forget examples (see :func:`_select_view`),
+        and the report says which and why.
         """
         targets = list(targets)
         _validate_targets(targets)
@@ -345,8 +352,10 @@ class Classifier:
         row_of = {text: i for i, text in enumerate(texts)}
         feats = _embed(encoder, texts, progress)
         views: dict[FeatureView, np.ndarray] = {v: _view(feats, v, encoder.dim) for v in (_VIEWS if encoder.feature_layers else ("sentence",))}
-        view, view_note = _select_view(targets, views, row_of, texts, split, target_fpr)
-        core = _fit_core(targets, views[view], row_of, texts, split, target_fpr, progress=progress)
+        choice, view_note = _select_view(targets, views, row_of, texts, split, target_fpr)
+        core = _fit_core(
+            targets, views[choice.view], row_of, texts, split, target_fpr, choice.lexical_weight, progress=progress
+        )
         fits = [
             TargetFit(
                 id=target.id,
@@ -363,7 +372,7 @@ class Classifier:
             for i, (target, plan) in enumerate(zip(targets, core.plans))
         ]
         thresholds = np.full(len(targets), core.calibration.threshold)
-        return cls(encoder, [t.id for t in targets], core.weights, core.bias, thresholds, core.lexicon, view), fits
+        return cls(encoder, [t.id for t in targets], core.weights, core.bias, thresholds, core.lexicon, choice.view), fits
 
 
 @dataclass(frozen=True)
@@ -373,6 +382,18 @@ class _Negatives:
     bg_train: list[str]
     bg_cal: list[str]
     user_cal: list[str]
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """One feature set :func:`_select_view` compares: an encoder view and a lexical weight."""
+
+    view: FeatureView
+    lexical_weight: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.view} + lexical x{self.lexical_weight:g}"
 
 
 @dataclass(frozen=True)
@@ -394,6 +415,7 @@ def _fit_core(
     texts: list[str],
     split: _Negatives,
     target_fpr: float,
+    lexical_weight: float,
     *,
     progress: bool = False,
     estimate: bool = True,
@@ -415,7 +437,7 @@ def _fit_core(
     not_retain = {s for t in targets for s in t.forget} | set(split.bg_train)
     retain_cal = [] if split.user_cal else _unique(s for plan in plans for s in plan.retain if s not in not_retain)
 
-    lexicon = Lexicon.fit([s for t in targets for s in t.forget], sorted(trained))
+    lexicon = Lexicon.fit([s for t in targets for s in t.forget], sorted(trained), lexical_weight)
     lex = lexicon.transform(texts)
     train_feats = _features(feats, lex)
     weights = np.zeros((len(targets), train_feats.shape[1]))
@@ -446,25 +468,30 @@ def _select_view(
     texts: list[str],
     split: _Negatives,
     target_fpr: float,
-) -> tuple[FeatureView, str]:
-    """Pick the feature view with the better recall on the policy's own held-out forget examples.
+) -> tuple[_Candidate, str]:
+    """Pick the feature view and lexical weight with the best recall on the policy's own held-out forget examples.
 
-    Layer-pooled features see wording as well as meaning. With hundreds of examples per
-    target that separates rewordings of a forget question from the same kind of question
-    about something else; with a handful it ties the heads to the examples' exact words,
-    and a calibrated threshold then misses rewordings. Which regime a policy is in is
-    measured, not guessed: each view is fitted twice, each time on alternate halves of
-    every target's forget list, with the threshold calibrated exactly as in the real fit,
-    and scored on the other half. On the issue-3 protocols this picks ``layers`` for the
-    large policies (TOFU, 200 forget examples: held-out recall 0.865 -> 0.890; WMDP:
-    0.905 -> 0.923) and ``sentence`` for the few-shot ones (20 authors x 5 examples:
-    0.800 vs 0.700; the 8-example France/Python test policy: 0.688 vs 0.438). Ties, and
-    policies with no target of two or more forget examples, keep ``sentence``, the view
-    the encoder was trained to produce. Costs four head fits; the encoder runs once.
+    Layer-pooled features and a heavier lexical block both see wording as well as
+    meaning. With hundreds of examples per target that separates rewordings of a forget
+    question from the same kind of question about something else; with a handful it
+    ties the heads to the examples' exact words, and a calibrated threshold then misses
+    rewordings; and for topics, whose examples share no names, heavier words only add
+    noise. Which regime a policy is in is measured, not guessed: each candidate (view x
+    :data:`LEXICAL_WEIGHTS`) is fitted twice, each time on alternate halves of every
+    target's forget list, with the threshold calibrated exactly as in the real fit, and
+    scored on the other half. On the issue-3 protocols the views alone chose ``layers``
+    for the large policies (TOFU, 200 forget examples: held-out recall 0.865 -> 0.890;
+    WMDP: 0.905 -> 0.923) and ``sentence`` for the few-shot ones (20 authors x 5
+    examples: 0.800 vs 0.700; the 8-example France/Python test policy: 0.688 vs 0.438).
+    Candidates are tried simplest first (sentence, weight 1) and one must beat every
+    earlier one strictly to be chosen, so ties keep the view the encoder was trained to
+    produce. Policies with no target of two or more forget examples keep it too. Costs
+    two head fits per candidate; the encoder runs once.
     """
-    if len(views) < 2 or not any(len(_unique(t.forget)) >= 2 for t in targets):
-        return "sentence", "sentence-embedding features (no held-out forget examples to compare feature views on)"
-    # The same two folds for every view: targets with one example keep it in both.
+    plain = _Candidate("sentence", LEXICAL_WEIGHTS[0])
+    if not any(len(_unique(t.forget)) >= 2 for t in targets):
+        return plain, "sentence-embedding features (no held-out forget examples to compare feature sets on)"
+    # The same two folds for every candidate: targets with one example keep it in both.
     folds: list[tuple[list[TargetData], list[str]]] = []
     for fold in (0, 1):
         kept, held = [], []
@@ -476,19 +503,20 @@ def _select_view(
             kept.append(TargetData(t.id, forget[fold::2], t.retain))
             held += forget[1 - fold :: 2]
         folds.append((kept, held))
-    recall: dict[FeatureView, float] = {}
-    for name, feats in views.items():
-        hits = total = 0
-        for kept, held in folds:
-            core = _fit_core(kept, feats, row_of, texts, split, target_fpr, estimate=False)
-            rows = [row_of[s] for s in held]
-            hits += int(np.sum(core.scores[rows].max(axis=1) > core.calibration.threshold))
-            total += len(rows)
-        recall[name] = hits / total
-    chosen: FeatureView = "layers" if recall.get("layers", -1.0) > recall["sentence"] else "sentence"
-    shown = ", ".join(f"{v} {r:.3f}" for v, r in recall.items())
+    recall: dict[_Candidate, float] = {}
+    for weight in LEXICAL_WEIGHTS:
+        for view in views:
+            hits = total = 0
+            for kept, held in folds:
+                core = _fit_core(kept, views[view], row_of, texts, split, target_fpr, weight, estimate=False)
+                rows = [row_of[s] for s in held]
+                hits += int(np.sum(core.scores[rows].max(axis=1) > core.calibration.threshold))
+                total += len(rows)
+            recall[_Candidate(view, weight)] = hits / total
+    chosen = max(recall, key=lambda c: recall[c])  # the first of equals: the simplest
+    shown = ", ".join(f"{c.name} {r:.3f}" for c, r in recall.items())
     return chosen, (
-        f"{chosen} features, chosen by recall on held-out forget examples at the calibrated threshold "
+        f"{chosen.name} features, chosen by recall on held-out forget examples at the calibrated threshold "
         f"(2-fold over each target's forget list: {shown})"
     )
 
@@ -662,8 +690,8 @@ def _view_width(encoder: Encoder, view: FeatureView) -> int:
 
 
 def _features(emb: np.ndarray, lex: sparse.csr_matrix) -> sparse.csr_matrix:
-    """Embedding and lexical blocks side by side, each row of each block of unit norm before weighting."""
-    return sparse.hstack([sparse.csr_matrix(emb.astype(np.float64)), _LEXICAL_WEIGHT * lex], format="csr")
+    """Embedding and lexical blocks side by side (the lexical rows already carry the lexicon's weight)."""
+    return sparse.hstack([sparse.csr_matrix(emb.astype(np.float64)), lex], format="csr")
 
 
 def _head_scores(emb: np.ndarray, lex: sparse.csr_matrix, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -674,7 +702,7 @@ def _head_scores(emb: np.ndarray, lex: sparse.csr_matrix, weights: np.ndarray, b
     products themselves.
     """
     dim = emb.shape[1]
-    linear = emb.astype(np.float64) @ weights[:, :dim].T + _LEXICAL_WEIGHT * np.asarray(lex @ weights[:, dim:].T)
+    linear = emb.astype(np.float64) @ weights[:, :dim].T + np.asarray(lex @ weights[:, dim:].T)
     return expit(linear + bias)
 
 
@@ -723,6 +751,9 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     terms = meta.get("lexical_terms")
     if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
         raise GuardLoadError(f"{path}: lexical_terms must be a list of strings")
+    weight = meta.get("lexical_weight")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (np.isfinite(weight) and weight > 0):
+        raise GuardLoadError(f"{path}: lexical_weight must be a positive number, got {weight!r}; re-run fit")
     if not isinstance(meta.get("dim"), int) or not isinstance(meta.get("encoder"), str):
         raise GuardLoadError(f"{path}: missing or invalid 'dim' / 'encoder'")
     return meta
