@@ -56,7 +56,7 @@ ASKS = [
 ]
 
 
-def _write_many_target_policy(work: Path, n: int = 20, precision: str = "float32") -> Path:
+def _write_many_target_policy(work: Path, n: int = 20, precision: str = "float32", runtime: str = "auto") -> Path:
     """A policy with ``n`` author-like targets (fictitious names, 5 questions each).
 
     Throughput depends on the number of heads, not on what they learned, so the texts are
@@ -71,8 +71,8 @@ def _write_many_target_policy(work: Path, n: int = 20, precision: str = "float32
         targets.append(
             {"id": f"author-{i}", "forget": {"file": f"t{i}.forget.txt"}, "retain": {"file": f"t{i}.retain.txt"}, "corruption": {"strength": 1.0}}
         )
-    path = work / f"many-{precision}.yaml"
-    doc = {"version": 1, "classifier": {"precision": precision}, "targets": targets}
+    path = work / f"many-{precision}-{runtime}.yaml"
+    doc = {"version": 1, "classifier": {"precision": precision, "runtime": runtime}, "targets": targets}
     path.write_text(json.dumps(doc), encoding="utf-8")  # JSON is YAML
     return path
 
@@ -137,9 +137,11 @@ def main() -> int:
     runner = TransformersRunner.load("default", progress=False)
     guard = Guard.load(work / "guard", runner=runner, audit=NullAudit())
     many: dict[str, Guard] = {}
-    for precision in ("float32", "bfloat16"):
-        fit_guard(_write_many_target_policy(work, precision=precision), work / f"many-{precision}", seed=0, progress=False)
-        many[precision] = Guard.load(work / f"many-{precision}", runner=runner, audit=NullAudit())
+    # The default (float32, auto: ONNX Runtime on CPU), the same in PyTorch, and bfloat16 (PyTorch autocast).
+    for name, precision, runtime in (("float32", "float32", "auto"), ("float32-torch", "float32", "torch"), ("bfloat16", "bfloat16", "auto")):
+        policy = _write_many_target_policy(work, precision=precision, runtime=runtime)
+        fit_guard(policy, work / f"many-{name}", seed=0, progress=False)
+        many[name] = Guard.load(work / f"many-{name}", runner=runner, audit=NullAudit())
 
     # --- classifier latency, one prompt at a time, and batch throughput; demo and 20 targets
     lat, rate = _one_prompt_ms(guard), _batch_rate(guard)
@@ -198,14 +200,17 @@ def main() -> int:
     (args.out / "speed.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     g, c = result["guard_overhead_unflagged"], result["corrupted_vs_clean"]
     t20, b20 = result["twenty_targets"]["float32"], result["twenty_targets"]["bfloat16"]
+    p20 = result["twenty_targets"]["float32-torch"]
     md = [
         "| metric | value | goal |",
         "|---|---|---|",
         f"| classifier, one prompt, p50 / p99 (demo policy, 1 target) | {result['classifier_one_prompt_ms']['p50']} / {result['classifier_one_prompt_ms']['p99']} ms | p50 <= 10 ms |",
         f"| classifier, one prompt, p50 / p99 (20 targets) | {t20['one_prompt_ms']['p50']} / {t20['one_prompt_ms']['p99']} ms | p50 <= 10 ms |",
+        f"| classifier, one prompt, p50 / p99 (20 targets, `runtime: torch`) | {p20['one_prompt_ms']['p50']} / {p20['one_prompt_ms']['p99']} ms | p50 <= 10 ms |",
         f"| classifier, one prompt, p50 / p99 (20 targets, `precision: bfloat16`) | {b20['one_prompt_ms']['p50']} / {b20['one_prompt_ms']['p99']} ms | p50 <= 10 ms |",
         f"| batch scoring throughput (demo policy) | {result['batch_scoring_prompts_per_s']} prompts/s | |",
         f"| batch scoring throughput (20 targets) | {t20['batch_scoring_prompts_per_s']} prompts/s | >= 500 prompts/s |",
+        f"| batch scoring throughput (20 targets, `runtime: torch`) | {p20['batch_scoring_prompts_per_s']} prompts/s | >= 500 prompts/s |",
         f"| batch scoring throughput (20 targets, `precision: bfloat16`) | {b20['batch_scoring_prompts_per_s']} prompts/s | >= 500 prompts/s |",
         f"| unflagged request through guard / bare runner ({g['new_tokens']} tokens) | {g['ratio']:.3f}x ({g['guard_s_median']:.3f} s vs {g['bare_s_median']:.3f} s) | <= 1.05x |",
         f"| corrupted / clean tokens/s | {c['ratio']:.3f}x ({c['corrupted_tokens_per_s']:.1f} vs {c['clean_tokens_per_s']:.1f} tok/s) | >= 0.95x |",

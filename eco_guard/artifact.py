@@ -135,7 +135,11 @@ def load_guard(
     except (KeyError, TypeError, ValueError) as exc:
         raise GuardLoadError(f"{directory / GUARD_FILE}: missing or malformed entry ({exc}); re-run `eco-guard fit`") from exc
     policy = loaded.policy
-    encoder = Encoder(resolve_encoder_path(policy.classifier.encoder, loaded.base_dir), precision=policy.classifier.precision)
+    encoder = Encoder(
+        resolve_encoder_path(policy.classifier.encoder, loaded.base_dir),
+        precision=policy.classifier.precision,
+        runtime=policy.classifier.runtime,
+    )
     classifier = Classifier.load(directory, encoder)
     if list(classifier.target_ids) != [t["id"] for t in fitted]:
         raise GuardLoadError(f"{directory}: classifier targets {classifier.target_ids} do not match guard.yaml")

@@ -181,8 +181,15 @@ def fit_guard(
         )
     # Fail early on a bad model reference, before spending time on the classifier.
     resolve_model(policy.model.path, loaded.base_dir, progress=progress)
-    encoder = Encoder(resolve_encoder_path(policy.classifier.encoder, loaded.base_dir), precision=policy.classifier.precision)
-    say(f"fitting the classifier ({encoder.name}, {encoder.precision}, target FPR {policy.classifier.target_fpr})")
+    encoder = Encoder(
+        resolve_encoder_path(policy.classifier.encoder, loaded.base_dir),
+        precision=policy.classifier.precision,
+        runtime=policy.classifier.runtime,
+    )
+    say(
+        f"fitting the classifier ({encoder.name}, {encoder.precision} in {encoder.runtime}, "
+        f"target FPR {policy.classifier.target_fpr})"
+    )
     data = [
         TargetData(id=t.id, forget=[e.text for e in f], retain=[e.text for e in r])
         for t, f, r in zip(policy.targets, forgets, retains)

@@ -445,3 +445,33 @@ def test_lexical_weight_scales_the_lexical_block_and_round_trips(
     np.testing.assert_array_equal(loaded.score(texts), weighted.score(texts))
     with pytest.raises(ValueError, match="positive"):
         Lexicon(clf.lexicon.terms, clf.lexicon.idf, 0.0)
+
+
+def test_onnx_runtime_gives_pytorch_features(encoder: Encoder) -> None:
+    # The default encoder runs in ONNX Runtime; PyTorch is the reference it must match.
+    assert encoder.runtime == "onnx"
+    reference = Encoder(resolve_encoder_path("default"), runtime="torch")
+    assert reference.runtime == "torch"
+    texts = ["Who wrote 'The Village That Vanished'?", "hi", "word " * 300, "Was ist die Hauptstadt von Frankreich?"]
+    np.testing.assert_allclose(encoder.features(texts), reference.features(texts), atol=1e-5)
+    np.testing.assert_allclose(encoder.encode(texts), reference.encode(texts), atol=1e-5)
+
+
+def test_onnx_export_is_cached_per_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ECO_GUARD_CACHE", str(tmp_path))
+    first = Encoder(resolve_encoder_path("default"), runtime="onnx")
+    exported = list(tmp_path.glob("encoders/*/backbone.onnx"))
+    assert len(exported) == 1 and first.runtime == "onnx"
+    stamp = exported[0].stat().st_mtime_ns
+    Encoder(resolve_encoder_path("default"), runtime="onnx")
+    assert exported[0].stat().st_mtime_ns == stamp  # reused, not exported again
+    assert not list(tmp_path.glob("encoders/*/*.tmp"))  # no half-written leftovers
+
+
+def test_runtime_choices_are_checked() -> None:
+    path = resolve_encoder_path("default")
+    with pytest.raises(InputError, match="runtime must be auto, torch or onnx"):
+        Encoder(path, runtime="tensorrt")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="runtime onnx is for CPU float32 only"):
+        Encoder(path, precision="bfloat16", runtime="onnx")
+    assert Encoder(path, precision="bfloat16").runtime == "torch"  # auto: bfloat16 runs under PyTorch autocast

@@ -240,6 +240,7 @@ class Classifier:
             "target_ids": self._target_ids,
             "encoder": self._encoder.name,
             "encoder_precision": self._encoder.precision,
+            "encoder_runtime": self._encoder.runtime,  # informational: both runtimes give the same features to ~1e-7
             "dim": self._encoder.feature_dim,
             "feature_layers": list(self._encoder.feature_layers),
             "feature_view": self._view,
