@@ -475,3 +475,15 @@ def test_runtime_choices_are_checked() -> None:
     with pytest.raises(InputError, match="runtime onnx is for CPU float32 only"):
         Encoder(path, precision="bfloat16", runtime="onnx")
     assert Encoder(path, precision="bfloat16").runtime == "torch"  # auto: bfloat16 runs under PyTorch autocast
+
+
+def test_auto_runtime_falls_back_to_pytorch_with_a_warning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sys as _sys
+
+    monkeypatch.setenv("ECO_GUARD_CACHE", str(tmp_path))
+    monkeypatch.setitem(_sys.modules, "onnxruntime", None)  # as if the package were not installed
+    with pytest.warns(UserWarning, match="running in PyTorch, not ONNX Runtime.*onnxruntime"):
+        fallback = Encoder(resolve_encoder_path("default"))
+    assert fallback.runtime == "torch" and fallback.features(["still works"]).shape == (1, fallback.feature_dim)
+    with pytest.raises(ModelLoadError, match="onnxruntime"):
+        Encoder(resolve_encoder_path("default"), runtime="onnx")
