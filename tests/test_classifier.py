@@ -487,3 +487,13 @@ def test_auto_runtime_falls_back_to_pytorch_with_a_warning(monkeypatch: pytest.M
     assert fallback.runtime == "torch" and fallback.features(["still works"]).shape == (1, fallback.feature_dim)
     with pytest.raises(ModelLoadError, match="onnxruntime"):
         Encoder(resolve_encoder_path("default"), runtime="onnx")
+
+
+def test_damaged_onnx_cache_entry_is_exported_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ECO_GUARD_CACHE", str(tmp_path))
+    reference = Encoder(resolve_encoder_path("default"), runtime="onnx")
+    (exported,) = tmp_path.glob("encoders/*/backbone.onnx")
+    exported.write_bytes(b"\x00truncated")
+    repaired = Encoder(resolve_encoder_path("default"), runtime="onnx")
+    assert exported.stat().st_size > 1_000_000
+    np.testing.assert_array_equal(repaired.features(["a question"]), reference.features(["a question"]))

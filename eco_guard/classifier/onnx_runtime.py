@@ -80,9 +80,16 @@ def load_backbone(model: SentenceTransformer, model_dir: Path, layers: Sequence[
     backbone, input_names = _backbone(model)
     key = _cache_key(model_dir, layers)
     target = cache_dir() / "encoders" / f"{model_dir.parent.name}-{model_dir.name}-{key}" / "backbone.onnx"
-    if not target.is_file():
-        _export(model, backbone, input_names, layers, target)
-    return OnnxBackbone(target, input_names, layers, torch.get_num_threads())
+    if target.is_file():
+        try:
+            return OnnxBackbone(target, input_names, layers, torch.get_num_threads())
+        except Exception:  # a damaged cache entry (disk full, truncated copy): export it again below
+            target.unlink(missing_ok=True)
+    _export(model, backbone, input_names, layers, target)
+    try:
+        return OnnxBackbone(target, input_names, layers, torch.get_num_threads())
+    except Exception as exc:  # onnxruntime raises its own types for graphs it cannot run
+        raise ModelLoadError(f"ONNX Runtime cannot run the exported encoder {target}: {exc}") from exc
 
 
 def _backbone(model: SentenceTransformer) -> tuple[torch.nn.Module, list[str]]:
