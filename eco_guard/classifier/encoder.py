@@ -152,34 +152,33 @@ class Encoder:
         self._tokenize_lock = threading.Lock()
         self._precision: Precision = precision
         self._layers = _feature_layers(model)
-        self._onnx, self._last_layer = self._onnx_backbone(runtime)
+        self._onnx = self._onnx_backbone(runtime)
 
-    def _onnx_backbone(self, runtime: Runtime) -> tuple[OnnxBackbone | None, int]:
-        """The ONNX backbone and the index of its last layer, or (None, -1) to run in PyTorch.
+    def _onnx_backbone(self, runtime: Runtime) -> OnnxBackbone | None:
+        """The ONNX backbone, or None to run in PyTorch.
 
         GPUs and bfloat16 are PyTorch's by design, so ``auto`` picks it silently there; a
         CPU float32 model that fails to export is worth a warning, since it costs 2-3x speed.
         """
         if runtime == "torch":
-            return None, -1
+            return None
         if self._device.type != "cpu" or self._precision != "float32":
             if runtime == "onnx":
                 raise InputError(
                     f"encoder runtime onnx is for CPU float32 only; this encoder runs in {self._precision} on "
                     f"{self._device.type} (set classifier.runtime: torch or auto)"
                 )
-            return None, -1
+            return None
         try:
-            backbone_config = getattr(getattr(self._model[0], "auto_model", None), "config", None)
-            n_layers = getattr(backbone_config, "num_hidden_layers", None)
+            n_layers = getattr(_backbone_config(self._model), "num_hidden_layers", None)
             if not isinstance(n_layers, int):
                 raise ModelLoadError("the model does not say how many layers it has")
-            return load_backbone(self._model, self._path, (*self._layers, n_layers)), n_layers
+            return load_backbone(self._model, self._path, (*self._layers, n_layers))
         except ModelLoadError as exc:
             if runtime == "onnx":
                 raise
             warnings.warn(f"encoder {self.name}: running in PyTorch, not ONNX Runtime ({exc})", stacklevel=3)
-            return None, -1
+            return None
 
     @property
     def runtime(self) -> Literal["torch", "onnx"]:
@@ -273,7 +272,7 @@ class Encoder:
             if self._onnx is not None:
                 # The exported backbone replaces the first module; pooling and the rest run as always.
                 hidden = self._onnx(features)
-                out = {**features, "token_embeddings": hidden[self._last_layer]}
+                out = {**features, "token_embeddings": hidden[self._onnx.last_layer]}
                 for module in list(self._model)[1:]:
                     out = module(out)
             else:
@@ -313,11 +312,16 @@ def _feature_layers(model: SentenceTransformer) -> tuple[int, ...]:
     a transformer with per-layer outputs get none, and their features are the sentence
     embedding alone.
     """
-    backbone = getattr(model[0], "model", None) if len(model) else None
-    config = getattr(backbone, "config", None)
+    config = _backbone_config(model)
     n_layers = getattr(config, "num_hidden_layers", None)
     if not isinstance(n_layers, int) or n_layers < 2 or not hasattr(config, "output_hidden_states"):
         return ()
     config.output_hidden_states = True  # references to tensors the forward computes anyway
     blocks = min(MAX_FEATURE_BLOCKS, n_layers)
     return tuple(sorted({round(n_layers * k / blocks) for k in range(1, blocks)}))
+
+
+def _backbone_config(model: SentenceTransformer) -> object | None:
+    """The Hugging Face config of the transformer in the model's first module, if it has one."""
+    backbone = getattr(model[0], "model", None) if len(model) else None
+    return getattr(backbone, "config", None)

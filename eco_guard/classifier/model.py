@@ -56,12 +56,12 @@ Names and rare terms decide entity-like targets, so there a heavier lexical bloc
 positives on unseen authors down 0.053 -> 0.038); with a handful of examples it ties
 heads to the examples' exact words (the France/Python test policy: 3 of 7 rewordings
 missed at 2, none at 1), and topic-like targets lose recall (WMDP 0.92 -> 0.89). One
-fixed weight cannot serve all three, so :func:`_select_view` measures which suits the
+fixed weight cannot serve all three, so :func:`_select_features` measures which suits the
 policy; 1.0, listed first, wins ties."""
 
 FeatureView = Literal["sentence", "layers"]
 """What the heads read from :meth:`Encoder.features`: the sentence-embedding block alone, or
-every layer-pooled block. ``fit`` chooses per policy (see :func:`_select_view`)."""
+every layer-pooled block. ``fit`` chooses per policy (see :func:`_select_features`)."""
 _VIEWS: tuple[FeatureView, ...] = get_args(FeatureView)
 
 _EMBED_CHUNK = 256
@@ -94,7 +94,8 @@ class TargetFit:
     train_auc: float
     """AUROC on the head's own training rows: a sanity check, not an estimate of test quality."""
     view_note: str = ""
-    """Which feature view ``fit`` chose and the held-out recall of each (shared by all targets)."""
+    """Which features ``fit`` chose (view and lexical weight) and each candidate's held-out recall
+    (shared by all targets)."""
     forget_scores: tuple[float, ...] = ()
     retain_scores: tuple[float, ...] = ()
     """The final head's in-sample scores on the target's forget and retain texts, in the order
@@ -331,7 +332,7 @@ class Classifier:
 
         The encoder runs once; whether the heads read the sentence embedding or every
         layer-pooled block, and how much the lexical block weighs, are then chosen by
-        held-out recall on the policy's own forget examples (see :func:`_select_view`),
+        held-out recall on the policy's own forget examples (see :func:`_select_features`),
         and the report says which and why.
         """
         targets = list(targets)
@@ -353,7 +354,7 @@ class Classifier:
         row_of = {text: i for i, text in enumerate(texts)}
         feats = _embed(encoder, texts, progress)
         views: dict[FeatureView, np.ndarray] = {v: _view(feats, v, encoder.dim) for v in (_VIEWS if encoder.feature_layers else ("sentence",))}
-        choice, view_note = _select_view(targets, views, row_of, texts, split, target_fpr)
+        choice, view_note = _select_features(targets, views, row_of, texts, split, target_fpr)
         core = _fit_core(
             targets, views[choice.view], row_of, texts, split, target_fpr, choice.lexical_weight, progress=progress
         )
@@ -387,7 +388,7 @@ class _Negatives:
 
 @dataclass(frozen=True)
 class _Candidate:
-    """One feature set :func:`_select_view` compares: an encoder view and a lexical weight."""
+    """One feature set :func:`_select_features` compares: an encoder view and a lexical weight."""
 
     view: FeatureView
     lexical_weight: float
@@ -425,7 +426,7 @@ def _fit_core(
 
     See :meth:`Classifier.fit` for which texts train and which calibrate. ``estimate``
     adds the 2-fold false-positive estimate to the calibration note (skipped by the
-    inner fits of :func:`_select_view`, which only need the threshold).
+    inner fits of :func:`_select_features`, which only need the threshold).
     """
     plans = [_plan_target(t, targets, split.bg_train) for t in targets]
     # Held out from every head: no text any head trains on may calibrate the shared threshold.
@@ -462,7 +463,7 @@ def _fit_core(
     return _Core(weights, bias, lexicon, calibration, plans, all_scores)
 
 
-def _select_view(
+def _select_features(
     targets: list[TargetData],
     views: dict[FeatureView, np.ndarray],
     row_of: dict[str, int],

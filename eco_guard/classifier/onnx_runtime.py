@@ -62,6 +62,11 @@ class OnnxBackbone:
         self._layers = tuple(layers)
         self.path = path
 
+    @property
+    def last_layer(self) -> int:
+        """The deepest layer returned: its hidden states are the token embeddings pooling reads."""
+        return self._layers[-1]
+
     def __call__(self, features: Mapping[str, Any]) -> dict[int, torch.Tensor]:
         feed = {name: features[name].cpu().numpy().astype(np.int64) for name in self._inputs}
         outputs = self._session.run(None, feed)
@@ -69,7 +74,8 @@ class OnnxBackbone:
 
 
 def load_backbone(model: SentenceTransformer, model_dir: Path, layers: Sequence[int]) -> OnnxBackbone:
-    """The cached ONNX export of ``model``'s backbone returning hidden states of ``layers``; export on first use.
+    """The cached ONNX export of ``model``'s backbone returning hidden states of ``layers`` (ascending,
+    the last one the model's output layer); export on first use.
 
     Raises :class:`ModelLoadError` naming the reason when the model cannot run this way.
     """
@@ -97,7 +103,7 @@ def _backbone(model: SentenceTransformer) -> tuple[torch.nn.Module, list[str]]:
     from sentence_transformers.models import Transformer
 
     first = model[0] if len(model) else None
-    backbone = getattr(first, "auto_model", None)
+    backbone = getattr(first, "model", None)
     if not isinstance(first, Transformer) or not isinstance(backbone, torch.nn.Module):
         raise ModelLoadError("only sentence-transformers models whose first module is a Transformer can run in ONNX")
     probe = model.preprocess(["probe"])
