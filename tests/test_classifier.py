@@ -397,10 +397,11 @@ def _edit_json(**changes: object) -> Callable[[Path], None]:
         _edit_json(feature_layers=[6]),
         _edit_json(lexical_weight=-1.0),
         _edit_json(lexical_weight="heavy"),
+        _edit_json(lexical_weight=None),
     ],
     ids=[
         "missing", "corrupt-weights", "corrupt-json", "dim-mismatch", "version", "ids-mismatch", "view", "layers",
-        "lexical-weight", "lexical-weight-type",
+        "lexical-weight", "lexical-weight-type", "lexical-weight-missing",
     ],
 )
 def test_load_broken_dir_raises(

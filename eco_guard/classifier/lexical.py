@@ -45,8 +45,9 @@ class Lexicon:
     def __post_init__(self) -> None:
         if self.idf.shape != (len(self.terms),):
             raise ValueError(f"idf has shape {self.idf.shape}, expected ({len(self.terms)},)")
-        if not (np.isfinite(self.weight) and self.weight > 0):
-            raise ValueError(f"lexical weight must be a positive number, got {self.weight}")
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (np.isfinite(w) and w > 0):
+            raise ValueError(f"lexical weight must be a positive number, got {w!r}")
         # Built once and used read-only afterwards, so one Lexicon is safe to share between
         # threads; the warm-up transform settles sklearn's lazily validated vocabulary.
         vectorizer = _vectorizer(list(self.terms) or ["\x00"])

@@ -291,7 +291,7 @@ class Classifier:
         if not all(np.all(np.isfinite(a)) for a in arrays.values()):
             raise GuardLoadError(f"{directory / WEIGHTS_FILE}: contains NaN or infinite values; re-run fit")
         try:
-            lexicon = Lexicon(tuple(meta["lexical_terms"]), arrays["idf"], meta["lexical_weight"])
+            lexicon = Lexicon(tuple(meta["lexical_terms"]), arrays["idf"], meta.get("lexical_weight"))
             return cls(encoder, meta["target_ids"], arrays["weights"], arrays["bias"], arrays["thresholds"], lexicon, view)
         except (UserError, ValueError) as exc:
             raise GuardLoadError(f"{directory}: inconsistent classifier files: {exc}") from exc
@@ -753,9 +753,6 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     terms = meta.get("lexical_terms")
     if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
         raise GuardLoadError(f"{path}: lexical_terms must be a list of strings")
-    weight = meta.get("lexical_weight")
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (np.isfinite(weight) and weight > 0):
-        raise GuardLoadError(f"{path}: lexical_weight must be a positive number, got {weight!r}; re-run fit")
     if not isinstance(meta.get("dim"), int) or not isinstance(meta.get("encoder"), str):
         raise GuardLoadError(f"{path}: missing or invalid 'dim' / 'encoder'")
     return meta

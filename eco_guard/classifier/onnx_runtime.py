@@ -68,7 +68,7 @@ class OnnxBackbone:
         return self._layers[-1]
 
     def __call__(self, features: Mapping[str, Any]) -> dict[int, torch.Tensor]:
-        feed = {name: features[name].cpu().numpy().astype(np.int64) for name in self._inputs}
+        feed = {name: features[name].cpu().numpy().astype(np.int64, copy=False) for name in self._inputs}
         outputs = self._session.run(None, feed)
         return {layer: torch.from_numpy(out) for layer, out in zip(self._layers, outputs)}
 
