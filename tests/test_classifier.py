@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import sparse
 
 from eco_guard.classifier import (
     Classifier,
@@ -27,6 +29,7 @@ from eco_guard.classifier import (
     conformal_threshold,
     resolve_encoder_path,
 )
+from eco_guard.classifier import model
 from eco_guard.classifier.lexical import Lexicon
 from eco_guard.errors import GuardLoadError, InputError, ModelLoadError, UserError
 
@@ -275,6 +278,40 @@ def test_fit_report(fitted: tuple[Classifier, list[TargetFit]]) -> None:
     assert fits[0].view_note.startswith("sentence + lexical x1 features")
     for candidate in ("layers + lexical x1 0.", "sentence + lexical x2 0.", "layers + lexical x2 0."):
         assert candidate in fits[0].view_note
+
+
+def test_other_targets_examples_calibrate_with_the_retain_examples(fitted: tuple[Classifier, list[TargetFit]]) -> None:
+    # No calibration set: the retain examples (12, less any the background also holds) and the
+    # 16 forget examples form one pooled near-neighbour source.
+    found = re.search(r"cross-fitted retain and other targets' examples: n=(\d+),", fitted[1][0].calibration.note)
+    assert found and 16 < int(found.group(1)) <= 28
+
+
+def test_cross_target_scores_come_from_the_other_heads_fitted_without_them() -> None:
+    rng = np.random.default_rng(0)
+    texts = [f"text {i}" for i in range(60)]
+    row_of = {s: i for i, s in enumerate(texts)}
+    emb = rng.normal(size=(60, 8)).astype(np.float32)
+    lex = sparse.csr_matrix((60, 0))
+    feats = model._features(emb, lex)
+    targets = [TargetData(f"t{a}", texts[5 * a : 5 * a + 5], texts[15 + 5 * a : 20 + 5 * a]) for a in range(3)]
+    plans = [model._plan_target(t, targets, texts[30:]) for t in targets]
+    got = model._cross_target_scores(targets, plans, feats, row_of, emb, lex)
+    # Two groups: {t0, t2} then {t1}; every head is re-fitted without the group's forget
+    # texts (keeping its own), and a text's own head never counts.
+    expected = []
+    for members in ([0, 2], [1]):
+        heads = []
+        for j, plan in enumerate(plans):
+            left_out = {s for i in members if i != j for s in targets[i].forget}
+            keep = [k for k, s in enumerate(plan.train_texts) if s not in left_out]
+            heads.append(model._fit_head(feats[[row_of[plan.train_texts[k]] for k in keep]], plan.train_labels[keep]))
+        for a in members:
+            rows = [row_of[s] for s in targets[a].forget]
+            scores = [model._head_scores(emb[rows], lex[rows], w[None, :], np.array([b]))[:, 0] for w, b in heads]
+            expected.append(np.max([s for j, s in enumerate(scores) if j != a], axis=0))
+    np.testing.assert_allclose(got, np.concatenate(expected), rtol=1e-9)
+    assert got.shape == (15,)
 
 
 def test_layers_view_round_trips_and_scores_the_layer_blocks(

@@ -64,6 +64,16 @@ FeatureView = Literal["sentence", "layers"]
 every layer-pooled block. ``fit`` chooses per policy (see :func:`_select_features`)."""
 _VIEWS: tuple[FeatureView, ...] = get_args(FeatureView)
 
+_TARGET_FOLDS = 2
+"""Groups of targets whose forget texts are left out together when :func:`_cross_target_scores`
+scores them with the other heads. More groups keep the re-fitted heads closer to the final
+ones, at ``groups x targets`` head fits. On D3 validation rows 2, 5, 10 and 20 (leave one
+target out) groups all traced the same recall/false-positive curve; more groups only set
+a slightly lower threshold (20: recall 0.780 at FPR 0.027, against 0.750 at 0.026 with 2)
+for 3-5 times the fit time."""
+
+_NEIGHBOURS = "cross-fitted retain and other targets' examples"
+
 _EMBED_CHUNK = 256
 """Texts per progress-bar step while fitting; large enough to keep the encoder batched."""
 
@@ -319,13 +329,18 @@ class Classifier:
         :func:`_cross_fitted_retain_scores`). Holding the second half out of training (the
         former rule) left each head half its few retain examples and certified the rate on
         half as many negatives (D3: 2.4% / 5.0% FPR on unseen TOFU questions / authors at a
-        1% target, against 1.4% / 2.8% cross-fitted, at the same recall).
+        1% target, against 1.4% / 2.8% cross-fitted, at the same recall). With several
+        targets, each target's forget texts join them, scored by the other heads fitted
+        without them (:func:`_cross_target_scores`): they are the nearest non-target
+        neighbours every other head has, and 10 retain authors alone under-stated the rate
+        on unseen ones (D3 validation rows: 5.3% -> 2.6%; test rows: 1.4% / 2.8% -> 0.8% /
+        0.5% at recall 0.990 / 0.993).
 
         The threshold is shared by every head and uses the *max score over targets* as the
         conformal score: a prompt counts as flagged when any target flags it, so this is
         what makes ``target_fpr`` bound the rate at which a negative is flagged at all
         (per-target thresholds let n targets flag up to n times that rate). Each source of
-        held-out negatives (policy calibration or cross-fitted retain; held-out background)
+        held-out negatives (policy calibration or cross-fitted near neighbours; held-out background)
         gets its own split-conformal threshold and the largest wins, so the rate is bounded
         for traffic like *each* source rather than for their mixture, where a large generic
         background would hide a high rate on near neighbours.
@@ -452,11 +467,19 @@ def _fit_core(
     # padded encoder batch (~1e-8).
     all_scores = _head_scores(feats, lex, weights, bias)
     max_scores = {name: all_scores[[row_of[s] for s in v]].max(axis=1) for name, v in sources.items() if v}
-    if retain_cal:
-        rows = [row_of[s] for s in retain_cal]
-        crossed = _cross_fitted_retain_scores(plans, retain_cal, all_scores[rows], train_feats, row_of, feats[rows], lex[rows])
-        if crossed.size:
-            max_scores = {"cross-fitted retain": crossed, **max_scores}
+    if not split.user_cal:
+        # Without a traffic sample, the policy's own examples are the nearest neighbours we
+        # know: retain texts, and for each head the other targets' forget texts. Both were
+        # trained on, so both are scored cross-fitted; pooled, they are one source.
+        near: list[np.ndarray] = []
+        if retain_cal:
+            rows = [row_of[s] for s in retain_cal]
+            near.append(_cross_fitted_retain_scores(plans, retain_cal, all_scores[rows], train_feats, row_of, feats[rows], lex[rows]))
+        if len(targets) > 1:
+            near.append(_cross_target_scores(targets, plans, train_feats, row_of, feats, lex))
+        pooled = np.concatenate(near) if near else np.zeros(0)
+        if pooled.size:
+            max_scores = {"cross-fitted retain" if len(targets) == 1 else _NEIGHBOURS: pooled, **max_scores}
     if not max_scores:
         raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
     calibration = _joint_threshold(max_scores, target_fpr, len(targets), estimate=estimate)
@@ -569,6 +592,47 @@ def _cross_fitted_retain_scores(
             w, b = _fit_head(feats[[row_of[plan.train_texts[k]] for k in rest]], labels)
             scores[own, i] = _head_scores(emb[own], lex[own], w[None, :], np.array([b]))[:, 0]
     return scores[keep].max(axis=1)
+
+
+def _cross_target_scores(
+    targets: list[TargetData],
+    plans: list[_TargetPlan],
+    feats: sparse.csr_matrix,
+    row_of: dict[str, int],
+    emb: np.ndarray,
+    lex: sparse.csr_matrix,
+) -> np.ndarray:
+    """Each target's forget texts, scored by the max over the *other* targets' heads fitted without them.
+
+    Without a policy calibration set, the only negatives that look like real traffic are
+    the retain examples, and they cover few entities (D3: 200 questions about 10 authors),
+    so an unseen entity that resembles a target was flagged far above ``target_fpr``
+    (validation: 5.3% of unseen TOFU questions at a 1% target). Another target's example
+    is exactly such a neighbour for every head but its own: a question about an entity or
+    topic near the targets that those heads must not flag. Every head trains on it as a
+    negative, so it is scored cross-fitted: targets are dealt into
+    :data:`_TARGET_FOLDS` groups, and for each group every head is fitted again without
+    the group's forget texts (a head keeps its own), which costs ``groups x targets``
+    extra head fits. The own target's score is left out: a text of target a flagged by
+    a counts as caught, not as a false positive.
+    """
+    n = len(targets)
+    folds = min(_TARGET_FOLDS, n)
+    out: list[np.ndarray] = []
+    for fold in range(folds):
+        members = range(fold, n, folds)
+        weights = np.zeros((n, feats.shape[1]))
+        bias = np.zeros(n)
+        for j, plan in enumerate(plans):
+            left_out = {s for i in members if i != j for s in targets[i].forget}
+            rest = [k for k, s in enumerate(plan.train_texts) if s not in left_out]
+            weights[j], bias[j] = _fit_head(feats[[row_of[plan.train_texts[k]] for k in rest]], plan.train_labels[rest])
+        for a in members:
+            rows = [row_of[s] for s in _unique(targets[a].forget)]
+            scores = _head_scores(emb[rows], lex[rows], weights, bias)
+            scores[:, a] = -np.inf
+            out.append(scores.max(axis=1))
+    return np.concatenate(out)
 
 
 def _joint_threshold(
