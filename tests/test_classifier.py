@@ -298,8 +298,7 @@ def test_cross_target_scores_come_from_the_other_heads_fitted_without_them() -> 
     plans = [model._plan_target(t, targets, texts[30:]) for t in targets]
     got = model._cross_target_scores(targets, plans, feats, row_of, emb, lex)
     # Two groups: {t0, t2} then {t1}; every head is re-fitted without the group's forget
-    # texts (keeping its own), and a text's own head never counts.
-    expected = []
+    # texts (keeping its own).
     for members in ([0, 2], [1]):
         heads = []
         for j, plan in enumerate(plans):
@@ -308,10 +307,36 @@ def test_cross_target_scores_come_from_the_other_heads_fitted_without_them() -> 
             heads.append(model._fit_head(feats[[row_of[plan.train_texts[k]] for k in keep]], plan.train_labels[keep]))
         for a in members:
             rows = [row_of[s] for s in targets[a].forget]
-            scores = [model._head_scores(emb[rows], lex[rows], w[None, :], np.array([b]))[:, 0] for w, b in heads]
-            expected.append(np.max([s for j, s in enumerate(scores) if j != a], axis=0))
-    np.testing.assert_allclose(got, np.concatenate(expected), rtol=1e-9)
-    assert got.shape == (15,)
+            expected = np.stack([model._head_scores(emb[rows], lex[rows], w[None, :], np.array([b]))[:, 0] for w, b in heads], 1)
+            np.testing.assert_allclose(got[a], expected, rtol=1e-9)
+    # A text's own head, and the heads of targets overlapping its own, never count.
+    pooled = model._neighbour_scores(got, frozenset({(0, 2), (2, 0)}))
+    np.testing.assert_array_equal(pooled[:5], got[0][:, 1])
+    np.testing.assert_array_equal(pooled[5:10], np.maximum(got[1][:, 0], got[1][:, 2]))
+    np.testing.assert_array_equal(pooled[10:], got[2][:, 1])
+    # With every pair overlapping, no text is anyone's neighbour.
+    assert model._neighbour_scores(got, frozenset({(a, b) for a in range(3) for b in range(3) if a != b})).size == 0
+
+
+def test_one_topic_split_into_two_targets_is_reported_as_overlapping(encoder: Encoder) -> None:
+    sentence = encoder.encode(FRANCE + PYTHON)
+    row_of = {s: i for i, s in enumerate(FRANCE + PYTHON)}
+    split = [TargetData("france-a", FRANCE[::2], []), TargetData("france-b", FRANCE[1::2], []), TargetData("python", PYTHON, [])]
+    assert model._overlapping_targets(split, sentence, row_of) == frozenset({(0, 1), (1, 0)})
+    # One example has no within-target similarity to compare with: never judged overlapping.
+    single = [TargetData("one", FRANCE[:1], []), TargetData("rest", FRANCE[1:], [])]
+    assert model._overlapping_targets(single, sentence, row_of) == frozenset()
+    # Through fit: the pair is named, and its heads still catch new questions on the topic.
+    clf, fits = Classifier.fit(
+        encoder,
+        [TargetData("france-a", FRANCE[::2], FRANCE_RETAIN), TargetData("france-b", FRANCE[1::2], []), TargetData("python-lang", PYTHON, PYTHON_RETAIN)],
+        target_fpr=TARGET_FPR,
+        progress=False,
+    )
+    assert "consider merging them): 'france-a' and 'france-b'" in fits[0].calibration.note
+    france_questions = [t for target, t in HELD_OUT_POSITIVES if target == "france"]
+    verdicts = clf.decide(clf.score(france_questions))
+    assert all(v.flagged and v.target_id in ("france-a", "france-b") for v in verdicts)
 
 
 def test_layers_view_round_trips_and_scores_the_layer_blocks(

@@ -17,7 +17,7 @@ import json
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -73,6 +73,11 @@ a slightly lower threshold (20: recall 0.780 at FPR 0.027, against 0.750 at 0.02
 for 3-5 times the fit time."""
 
 _NEIGHBOURS = "cross-fitted retain and other targets' examples"
+
+_OVERLAP_RATIO = 0.95
+"""Two targets overlap when their examples are at least this alike across the pair, relative to
+within each (see :func:`_overlapping_targets`); measured 1.03-1.12 for one topic or author split
+in two against at most 0.87 for two different authors."""
 
 _EMBED_CHUNK = 256
 """Texts per progress-bar step while fitting; large enough to keep the encoder batched."""
@@ -334,7 +339,8 @@ class Classifier:
         without them (:func:`_cross_target_scores`): they are the nearest non-target
         neighbours every other head has, and 10 retain authors alone under-stated the rate
         on unseen ones (D3 validation rows: 5.3% -> 2.6%; test rows: 1.4% / 2.8% -> 0.8% /
-        0.5% at recall 0.990 / 0.993).
+        0.5% at recall 0.990 / 0.993). Targets that overlap (one topic split in two, see
+        :func:`_overlapping_targets`) are not each other's neighbours.
 
         The threshold is shared by every head and uses the *max score over targets* as the
         conformal score: a prompt counts as flagged when any target flags it, so this is
@@ -369,9 +375,18 @@ class Classifier:
         row_of = {text: i for i, text in enumerate(texts)}
         feats = _embed(encoder, texts, progress)
         views: dict[FeatureView, np.ndarray] = {v: _view(feats, v, encoder.dim) for v in (_VIEWS if encoder.feature_layers else ("sentence",))}
-        choice, view_note = _select_features(targets, views, row_of, texts, split, target_fpr)
+        overlapping = _overlapping_targets(targets, views["sentence"], row_of)
+        choice, view_note = _select_features(targets, views, row_of, texts, split, target_fpr, overlapping)
         core = _fit_core(
-            targets, views[choice.view], row_of, texts, split, target_fpr, choice.lexical_weight, progress=progress
+            targets,
+            views[choice.view],
+            row_of,
+            texts,
+            split,
+            target_fpr,
+            choice.lexical_weight,
+            overlapping=overlapping,
+            progress=progress,
         )
         fits = [
             TargetFit(
@@ -434,14 +449,17 @@ def _fit_core(
     target_fpr: float,
     lexical_weight: float,
     *,
+    overlapping: frozenset[tuple[int, int]] = frozenset(),
     progress: bool = False,
     estimate: bool = True,
 ) -> _Core:
     """Heads for ``targets`` on already-embedded ``feats`` (rows per ``row_of``) and their joint threshold.
 
-    See :meth:`Classifier.fit` for which texts train and which calibrate. ``estimate``
-    adds the 2-fold false-positive estimate to the calibration note (skipped by the
-    inner fits of :func:`_select_features`, which only need the threshold).
+    See :meth:`Classifier.fit` for which texts train and which calibrate; ``overlapping``
+    (target index pairs, see :func:`_overlapping_targets`) says whose examples are not each
+    other's calibration neighbours. ``estimate`` adds the 2-fold false-positive estimate
+    to the calibration note (skipped by the inner fits of :func:`_select_features`, which
+    only need the threshold).
     """
     plans = [_plan_target(t, targets, split.bg_train) for t in targets]
     # Held out from every head: no text any head trains on may calibrate the shared threshold.
@@ -475,14 +493,21 @@ def _fit_core(
         if retain_cal:
             rows = [row_of[s] for s in retain_cal]
             near.append(_cross_fitted_retain_scores(plans, retain_cal, all_scores[rows], train_feats, row_of, feats[rows], lex[rows]))
-        if len(targets) > 1:
-            near.append(_cross_target_scores(targets, plans, train_feats, row_of, feats, lex))
+        if len(overlapping) < len(targets) * (len(targets) - 1):  # some pair of targets are each other's neighbours
+            near.append(_neighbour_scores(_cross_target_scores(targets, plans, train_feats, row_of, feats, lex), overlapping))
         pooled = np.concatenate(near) if near else np.zeros(0)
         if pooled.size:
             max_scores = {"cross-fitted retain" if len(targets) == 1 else _NEIGHBOURS: pooled, **max_scores}
     if not max_scores:
         raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
     calibration = _joint_threshold(max_scores, target_fpr, len(targets), estimate=estimate)
+    if overlapping and not split.user_cal:
+        pairs = ", ".join(sorted(f"{targets[a].id!r} and {targets[b].id!r}" for a, b in overlapping if a < b))
+        calibration = replace(
+            calibration,
+            note=f"{calibration.note}. Targets whose examples are as alike across the pair as within each, so not "
+            f"counted as each other's neighbours (consider merging them): {pairs}",
+        )
     return _Core(weights, bias, lexicon, calibration, plans, all_scores)
 
 
@@ -493,6 +518,7 @@ def _select_features(
     texts: list[str],
     split: _Negatives,
     target_fpr: float,
+    overlapping: frozenset[tuple[int, int]],
 ) -> tuple[_Candidate, str]:
     """Pick the feature view and lexical weight with the best recall on the policy's own held-out forget examples.
 
@@ -533,7 +559,9 @@ def _select_features(
         for view in views:
             hits = total = 0
             for kept, held in folds:
-                core = _fit_core(kept, views[view], row_of, texts, split, target_fpr, weight, estimate=False)
+                core = _fit_core(
+                    kept, views[view], row_of, texts, split, target_fpr, weight, overlapping=overlapping, estimate=False
+                )
                 rows = [row_of[s] for s in held]
                 hits += int(np.sum(core.scores[rows].max(axis=1) > core.calibration.threshold))
                 total += len(rows)
@@ -601,24 +629,23 @@ def _cross_target_scores(
     row_of: dict[str, int],
     emb: np.ndarray,
     lex: sparse.csr_matrix,
-) -> np.ndarray:
-    """Each target's forget texts, scored by the max over the *other* targets' heads fitted without them.
+) -> list[np.ndarray]:
+    """Every head's scores ``[texts, targets]`` of each target's forget texts, from heads fitted without them.
 
     Without a policy calibration set, the only negatives that look like real traffic are
     the retain examples, and they cover few entities (D3: 200 questions about 10 authors),
     so an unseen entity that resembles a target was flagged far above ``target_fpr``
     (validation: 5.3% of unseen TOFU questions at a 1% target). Another target's example
-    is exactly such a neighbour for every head but its own: a question about an entity or
-    topic near the targets that those heads must not flag. Every head trains on it as a
-    negative, so it is scored cross-fitted: targets are dealt into
-    :data:`_TARGET_FOLDS` groups, and for each group every head is fitted again without
-    the group's forget texts (a head keeps its own), which costs ``groups x targets``
-    extra head fits. The own target's score is left out: a text of target a flagged by
-    a counts as caught, not as a false positive.
+    is exactly such a neighbour for every head but its own (see :func:`_neighbour_scores`).
+    Every head trains on it as a negative, so it is scored cross-fitted: targets are dealt
+    into :data:`_TARGET_FOLDS` groups, and for each group every head is fitted again
+    without the group's forget texts (a head keeps its own), which costs ``groups x
+    targets`` extra head fits. Item ``a`` of the list holds target ``a``'s distinct forget
+    texts in order.
     """
     n = len(targets)
     folds = min(_TARGET_FOLDS, n)
-    out: list[np.ndarray] = []
+    out: list[np.ndarray] = [np.zeros((0, n))] * n
     for fold in range(folds):
         members = range(fold, n, folds)
         weights = np.zeros((n, feats.shape[1]))
@@ -629,10 +656,55 @@ def _cross_target_scores(
             weights[j], bias[j] = _fit_head(feats[[row_of[plan.train_texts[k]] for k in rest]], plan.train_labels[rest])
         for a in members:
             rows = [row_of[s] for s in _unique(targets[a].forget)]
-            scores = _head_scores(emb[rows], lex[rows], weights, bias)
-            scores[:, a] = -np.inf
-            out.append(scores.max(axis=1))
-    return np.concatenate(out)
+            out[a] = _head_scores(emb[rows], lex[rows], weights, bias)
+    return out
+
+
+def _neighbour_scores(cross: list[np.ndarray], overlapping: frozenset[tuple[int, int]]) -> np.ndarray:
+    """Max score over the heads each target's forget texts are neighbours for.
+
+    A text of target ``a`` flagged by ``a`` counts as caught, so ``a``'s own head never
+    counts; nor does the head of a target that overlaps ``a`` (see
+    :func:`_overlapping_targets`), whose flags on ``a``'s texts are hits too.
+    """
+    out: list[np.ndarray] = []
+    for a, scores in enumerate(cross):
+        skip = np.array([b == a or (a, b) in overlapping for b in range(scores.shape[1])])
+        if scores.size and not skip.all():
+            out.append(np.where(skip, -np.inf, scores).max(axis=1))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _overlapping_targets(targets: list[TargetData], sentence: np.ndarray, row_of: dict[str, int]) -> frozenset[tuple[int, int]]:
+    """Pairs of targets (both orders) whose forget examples are as alike across the pair as within each.
+
+    Other targets' examples are calibration negatives only when they are about something
+    else. When one topic is split into two targets, each head rightly flags the other's
+    examples; counting those as false positives pushed the threshold so high that recall
+    on new questions fell from 0.85 to 0.23 (WMDP-bio examples dealt into two targets of
+    10). The test: mean cosine similarity of sentence embeddings across the pair, over the
+    smaller mean within either target, at least :data:`_OVERLAP_RATIO`. Measured: 1.03-1.12
+    for one topic or one author split in two, at most 0.87 between two different TOFU
+    authors (D3's 190 pairs), about 0.5 between WMDP-bio and WMDP-cyber. Scores from the
+    heads fitted without them could not tell these apart: with a few examples per target,
+    a neighbouring author's head scores them as high as a split topic's. A target with one
+    example has no within-similarity and is never judged overlapping.
+    """
+    unit = sentence / np.maximum(np.linalg.norm(sentence, axis=1, keepdims=True), 1e-12)
+    embs = [unit[[row_of[s] for s in _unique(t.forget)]] for t in targets]
+
+    def within(e: np.ndarray) -> float:
+        n = len(e)
+        return float((np.sum(e @ e.T) - n) / (n * (n - 1))) if n > 1 else np.nan
+
+    inner = [within(e) for e in embs]
+    pairs: set[tuple[int, int]] = set()
+    for a in range(len(targets)):
+        for b in range(a + 1, len(targets)):
+            base = min(inner[a], inner[b])
+            if np.isfinite(base) and base > 0 and float(np.mean(embs[a] @ embs[b].T)) >= _OVERLAP_RATIO * base:
+                pairs |= {(a, b), (b, a)}
+    return frozenset(pairs)
 
 
 def _joint_threshold(
