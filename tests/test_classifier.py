@@ -326,6 +326,7 @@ def test_one_topic_split_into_two_targets_is_reported_as_overlapping(encoder: En
     # One example has no within-target similarity to compare with: never judged overlapping.
     single = [TargetData("one", FRANCE[:1], []), TargetData("rest", FRANCE[1:], [])]
     assert model._overlapping_targets(single, sentence, row_of) == frozenset()
+    assert model._overlapping_targets(single[::-1], sentence, row_of) == frozenset()
     # Through fit: the pair is named, and its heads still catch new questions on the topic.
     clf, fits = Classifier.fit(
         encoder,

@@ -375,7 +375,8 @@ class Classifier:
         row_of = {text: i for i, text in enumerate(texts)}
         feats = _embed(encoder, texts, progress)
         views: dict[FeatureView, np.ndarray] = {v: _view(feats, v, encoder.dim) for v in (_VIEWS if encoder.feature_layers else ("sentence",))}
-        overlapping = _overlapping_targets(targets, views["sentence"], row_of)
+        # Only a fit without a calibration set uses other targets' examples as negatives.
+        overlapping = frozenset() if split.user_cal else _overlapping_targets(targets, views["sentence"], row_of)
         choice, view_note = _select_features(targets, views, row_of, texts, split, target_fpr, overlapping)
         core = _fit_core(
             targets,
@@ -501,7 +502,7 @@ def _fit_core(
     if not max_scores:
         raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
     calibration = _joint_threshold(max_scores, target_fpr, len(targets), estimate=estimate)
-    if overlapping and not split.user_cal:
+    if overlapping:
         pairs = ", ".join(sorted(f"{targets[a].id!r} and {targets[b].id!r}" for a, b in overlapping if a < b))
         calibration = replace(
             calibration,
@@ -701,8 +702,10 @@ def _overlapping_targets(targets: list[TargetData], sentence: np.ndarray, row_of
     pairs: set[tuple[int, int]] = set()
     for a in range(len(targets)):
         for b in range(a + 1, len(targets)):
+            if not (np.isfinite(inner[a]) and np.isfinite(inner[b])):
+                continue
             base = min(inner[a], inner[b])
-            if np.isfinite(base) and base > 0 and float(np.mean(embs[a] @ embs[b].T)) >= _OVERLAP_RATIO * base:
+            if base > 0 and float(np.mean(embs[a] @ embs[b].T)) >= _OVERLAP_RATIO * base:
                 pairs |= {(a, b), (b, a)}
     return frozenset(pairs)
 
