@@ -316,6 +316,18 @@ def test_cross_target_scores_come_from_the_other_heads_fitted_without_them() -> 
     np.testing.assert_array_equal(pooled[10:], got[2][:, 1])
     # With every pair overlapping, no text is anyone's neighbour.
     assert model._neighbour_scores(got, frozenset({(a, b) for a in range(3) for b in range(3) if a != b})).size == 0
+    # A head that could not be re-fitted without them (NaN) never counts; a text left with no head is dropped.
+    unfitted = [m.copy() for m in got]
+    unfitted[0][:, 1] = np.nan
+    np.testing.assert_array_equal(model._neighbour_scores(unfitted, frozenset({(0, 2), (2, 0)})), pooled[5:])
+
+
+def test_targets_with_no_negatives_at_all_are_a_clear_error(encoder: Encoder) -> None:
+    # No retain, no background: the other targets' examples are each head's only negatives,
+    # and no head can be re-fitted without them, so there is nothing honest to calibrate on.
+    targets = [TargetData("france", FRANCE[:2], []), TargetData("python-lang", PYTHON[:2], [])]
+    with pytest.raises(UserError, match="no held-out negatives"):
+        Classifier.fit(encoder, targets, target_fpr=0.2, background=[], progress=False)
 
 
 def test_one_topic_split_into_two_targets_is_reported_as_overlapping(encoder: Encoder) -> None:

@@ -612,15 +612,27 @@ def _cross_fitted_retain_scores(
             own = [index[s] for s in fold if s in index]
             if not own:
                 continue
-            left_out = set(fold)
-            rest = [k for k, s in enumerate(plan.train_texts) if s not in left_out]
-            labels = plan.train_labels[rest]
-            if labels.min() == labels.max():
+            head = _head_without(plan, set(fold), feats, row_of)
+            if head is None:
                 keep[own] = False
                 continue
-            w, b = _fit_head(feats[[row_of[plan.train_texts[k]] for k in rest]], labels)
+            w, b = head
             scores[own, i] = _head_scores(emb[own], lex[own], w[None, :], np.array([b]))[:, 0]
     return scores[keep].max(axis=1)
+
+
+def _head_without(
+    plan: _TargetPlan, left_out: set[str], feats: sparse.csr_matrix, row_of: dict[str, int]
+) -> tuple[np.ndarray, float] | None:
+    """The plan's head fitted again without the texts in ``left_out`` (for cross-fitted scores).
+
+    None when leaving them out empties one class: there is then no head that never saw them.
+    """
+    rest = [k for k, s in enumerate(plan.train_texts) if s not in left_out]
+    labels = plan.train_labels[rest]
+    if labels.size == 0 or labels.min() == labels.max():
+        return None
+    return _fit_head(feats[[row_of[plan.train_texts[k]] for k in rest]], labels)
 
 
 def _cross_target_scores(
@@ -642,7 +654,7 @@ def _cross_target_scores(
     into :data:`_TARGET_FOLDS` groups, and for each group every head is fitted again
     without the group's forget texts (a head keeps its own), which costs ``groups x
     targets`` extra head fits. Item ``a`` of the list holds target ``a``'s distinct forget
-    texts in order.
+    texts in order; NaN marks a head that cannot be fitted without them (no negatives left).
     """
     n = len(targets)
     folds = min(_TARGET_FOLDS, n)
@@ -651,13 +663,16 @@ def _cross_target_scores(
         members = range(fold, n, folds)
         weights = np.zeros((n, feats.shape[1]))
         bias = np.zeros(n)
+        fitted = np.ones(n, dtype=bool)
         for j, plan in enumerate(plans):
-            left_out = {s for i in members if i != j for s in targets[i].forget}
-            rest = [k for k, s in enumerate(plan.train_texts) if s not in left_out]
-            weights[j], bias[j] = _fit_head(feats[[row_of[plan.train_texts[k]] for k in rest]], plan.train_labels[rest])
+            head = _head_without(plan, {s for i in members if i != j for s in targets[i].forget}, feats, row_of)
+            if head is None:
+                fitted[j] = False
+            else:
+                weights[j], bias[j] = head
         for a in members:
             rows = [row_of[s] for s in _unique(targets[a].forget)]
-            out[a] = _head_scores(emb[rows], lex[rows], weights, bias)
+            out[a] = np.where(fitted, _head_scores(emb[rows], lex[rows], weights, bias), np.nan)
     return out
 
 
@@ -666,13 +681,14 @@ def _neighbour_scores(cross: list[np.ndarray], overlapping: frozenset[tuple[int,
 
     A text of target ``a`` flagged by ``a`` counts as caught, so ``a``'s own head never
     counts; nor does the head of a target that overlaps ``a`` (see
-    :func:`_overlapping_targets`), whose flags on ``a``'s texts are hits too.
+    :func:`_overlapping_targets`), whose flags on ``a``'s texts are hits too, nor one that
+    could not be fitted without them (NaN).
     """
     out: list[np.ndarray] = []
     for a, scores in enumerate(cross):
         skip = np.array([b == a or (a, b) in overlapping for b in range(scores.shape[1])])
-        if scores.size and not skip.all():
-            out.append(np.where(skip, -np.inf, scores).max(axis=1))
+        best = np.where(skip | np.isnan(scores), -np.inf, scores).max(axis=1, initial=-np.inf)
+        out.append(best[np.isfinite(best)])  # a text no counted head could score is dropped
     return np.concatenate(out) if out else np.zeros(0)
 
 
