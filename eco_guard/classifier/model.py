@@ -494,11 +494,13 @@ def _fit_core(
         if retain_cal:
             rows = [row_of[s] for s in retain_cal]
             near.append(_cross_fitted_retain_scores(plans, retain_cal, all_scores[rows], train_feats, row_of, feats[rows], lex[rows]))
+        others = np.zeros(0)
         if len(overlapping) < len(targets) * (len(targets) - 1):  # some pair of targets are each other's neighbours
-            near.append(_neighbour_scores(_cross_target_scores(targets, plans, train_feats, row_of, feats, lex), overlapping))
-        pooled = np.concatenate(near) if near else np.zeros(0)
+            others = _neighbour_scores(_cross_target_scores(targets, plans, train_feats, row_of, feats, lex), overlapping)
+        pooled = np.concatenate([*near, others])
         if pooled.size:
-            max_scores = {"cross-fitted retain" if len(targets) == 1 else _NEIGHBOURS: pooled, **max_scores}
+            # Named for what it holds: retain alone when every target overlaps every other.
+            max_scores = {(_NEIGHBOURS if others.size else "cross-fitted retain"): pooled, **max_scores}
     if not max_scores:
         raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
     calibration = _joint_threshold(max_scores, target_fpr, len(targets), estimate=estimate)
