@@ -29,7 +29,7 @@ from eco_guard.classifier import (
     conformal_threshold,
     resolve_encoder_path,
 )
-from eco_guard.classifier import model
+from eco_guard.classifier import heads, neighbours
 from eco_guard.classifier.lexical import Lexicon
 from eco_guard.errors import GuardLoadError, InputError, ModelLoadError, UserError
 
@@ -293,33 +293,33 @@ def test_cross_target_scores_come_from_the_other_heads_fitted_without_them() -> 
     row_of = {s: i for i, s in enumerate(texts)}
     emb = rng.normal(size=(60, 8)).astype(np.float32)
     lex = sparse.csr_matrix((60, 0))
-    feats = model._features(emb, lex)
+    feats = heads.features(emb, lex)
     targets = [TargetData(f"t{a}", texts[5 * a : 5 * a + 5], texts[15 + 5 * a : 20 + 5 * a]) for a in range(3)]
-    plans = [model._plan_target(t, targets, texts[30:]) for t in targets]
-    got = model._cross_target_scores(targets, plans, feats, row_of, emb, lex)
+    plans = [heads.plan_target(t, targets, texts[30:]) for t in targets]
+    got = neighbours.cross_target_scores(targets, plans, feats, row_of, emb, lex)
     # Two groups: {t0, t2} then {t1}; every head is re-fitted without the group's forget
     # texts (keeping its own).
     for members in ([0, 2], [1]):
-        heads = []
+        refits = []
         for j, plan in enumerate(plans):
             left_out = {s for i in members if i != j for s in targets[i].forget}
             keep = [k for k, s in enumerate(plan.train_texts) if s not in left_out]
-            heads.append(model._fit_head(feats[[row_of[plan.train_texts[k]] for k in keep]], plan.train_labels[keep]))
+            refits.append(heads.fit_head(feats[[row_of[plan.train_texts[k]] for k in keep]], plan.train_labels[keep]))
         for a in members:
             rows = [row_of[s] for s in targets[a].forget]
-            expected = np.stack([model._head_scores(emb[rows], lex[rows], w[None, :], np.array([b]))[:, 0] for w, b in heads], 1)
+            expected = np.stack([heads.head_scores(emb[rows], lex[rows], w[None, :], np.array([b]))[:, 0] for w, b in refits], 1)
             np.testing.assert_allclose(got[a], expected, rtol=1e-9)
     # A text's own head, and the heads of targets overlapping its own, never count.
-    pooled = model._neighbour_scores(got, frozenset({(0, 2), (2, 0)}))
+    pooled = neighbours.neighbour_scores(got, frozenset({(0, 2), (2, 0)}))
     np.testing.assert_array_equal(pooled[:5], got[0][:, 1])
     np.testing.assert_array_equal(pooled[5:10], np.maximum(got[1][:, 0], got[1][:, 2]))
     np.testing.assert_array_equal(pooled[10:], got[2][:, 1])
     # With every pair overlapping, no text is anyone's neighbour.
-    assert model._neighbour_scores(got, frozenset({(a, b) for a in range(3) for b in range(3) if a != b})).size == 0
+    assert neighbours.neighbour_scores(got, frozenset({(a, b) for a in range(3) for b in range(3) if a != b})).size == 0
     # A head that could not be re-fitted without them (NaN) never counts; a text left with no head is dropped.
     unfitted = [m.copy() for m in got]
     unfitted[0][:, 1] = np.nan
-    np.testing.assert_array_equal(model._neighbour_scores(unfitted, frozenset({(0, 2), (2, 0)})), pooled[5:])
+    np.testing.assert_array_equal(neighbours.neighbour_scores(unfitted, frozenset({(0, 2), (2, 0)})), pooled[5:])
 
 
 def test_targets_with_no_negatives_at_all_are_a_clear_error(encoder: Encoder) -> None:
@@ -334,11 +334,11 @@ def test_one_topic_split_into_two_targets_is_reported_as_overlapping(encoder: En
     sentence = encoder.encode(FRANCE + PYTHON)
     row_of = {s: i for i, s in enumerate(FRANCE + PYTHON)}
     split = [TargetData("france-a", FRANCE[::2], []), TargetData("france-b", FRANCE[1::2], []), TargetData("python", PYTHON, [])]
-    assert model._overlapping_targets(split, sentence, row_of) == frozenset({(0, 1), (1, 0)})
+    assert neighbours.overlapping_targets(split, sentence, row_of) == frozenset({(0, 1), (1, 0)})
     # One example has no within-target similarity to compare with: never judged overlapping.
     single = [TargetData("one", FRANCE[:1], []), TargetData("rest", FRANCE[1:], [])]
-    assert model._overlapping_targets(single, sentence, row_of) == frozenset()
-    assert model._overlapping_targets(single[::-1], sentence, row_of) == frozenset()
+    assert neighbours.overlapping_targets(single, sentence, row_of) == frozenset()
+    assert neighbours.overlapping_targets(single[::-1], sentence, row_of) == frozenset()
     # Through fit: the pair is named, and its heads still catch new questions on the topic.
     clf, fits = Classifier.fit(
         encoder,

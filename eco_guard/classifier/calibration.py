@@ -67,3 +67,56 @@ def conformal_threshold(negative_scores: np.ndarray, target_fpr: float) -> Calib
         f"add more negative examples (retain or background prompts) to reach the target"
     )
     return Calibration(threshold, target_fpr, n, False, note)
+
+
+def joint_threshold(
+    max_scores: dict[str, np.ndarray], target_fpr: float, n_targets: int, *, estimate: bool = True
+) -> Calibration:
+    """The largest of the per-source conformal thresholds, with a note naming each source.
+
+    A source too small to certify ``target_fpr`` on its own (a few held-out retain
+    examples) is not dropped: all sources are then also pooled, and the pooled threshold
+    competes too, so those near neighbours still count, with the guarantee stated for
+    the mixture.
+    """
+    per_source = {name: conformal_threshold(scores, target_fpr) for name, scores in max_scores.items()}
+    candidates = {name: c for name, c in per_source.items() if c.achievable}
+    if len(candidates) < len(per_source):
+        candidates["all sources pooled"] = conformal_threshold(np.concatenate(list(max_scores.values())), target_fpr)
+    name, best = max(candidates.items(), key=lambda item: item[1].threshold)
+    parts = [
+        f"{n}: n={c.n_calibration}, threshold {c.threshold:.4f}" + ("" if c.achievable else " (too few to certify alone)")
+        for n, c in {**per_source, **candidates}.items()
+    ]
+    note = (
+        f"one threshold shared by all {n_targets} target(s), calibrated on the max score over targets; "
+        f"split conformal per source of held-out negatives ({'; '.join(parts)}); the largest ({name}) is used"
+    )
+    if not best.achievable:
+        note += f". {best.note}"
+    if estimate:
+        rates = ", ".join(f"{n} {r:.4f}" for n, r in _two_fold_fpr(max_scores, target_fpr, n_targets).items())
+        note += f". Estimated false-positive rate on unseen negatives (2-fold cross-calibration): {rates}"
+    return Calibration(
+        threshold=best.threshold,
+        target_fpr=target_fpr,
+        n_calibration=sum(c.n_calibration for c in per_source.values()),
+        achievable=best.achievable,
+        note=note,
+    )
+
+
+def _two_fold_fpr(max_scores: dict[str, np.ndarray], target_fpr: float, n_targets: int) -> dict[str, float]:
+    """Flag rate of each source at a threshold calibrated without those rows.
+
+    The rate on the calibration rows themselves is <= target_fpr by construction, so it
+    says nothing; calibrating on alternate halves and measuring on the other half gives
+    an honest estimate of what new traffic like each source will see.
+    """
+    flagged = {name: 0 for name in max_scores}
+    for fold in (0, 1):
+        fitted = {n: v[fold::2] for n, v in max_scores.items() if v[fold::2].size}
+        threshold = joint_threshold(fitted, target_fpr, n_targets, estimate=False).threshold
+        for name, scores in max_scores.items():
+            flagged[name] += int(np.sum(scores[1 - fold :: 2] > threshold))
+    return {name: flagged[name] / max(v.size, 1) for name, v in max_scores.items()}

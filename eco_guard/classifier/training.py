@@ -1,0 +1,405 @@
+"""Fitting a policy's heads: which texts train and which calibrate, which features, one shared threshold.
+
+The procedure behind ``eco-guard fit``'s classifier (:func:`fit_heads`): embed every text
+once, choose the feature view and lexical weight by held-out recall on the policy's own
+forget examples (:func:`select_features`), fit one logistic head per target
+(:mod:`eco_guard.classifier.heads`), and calibrate one threshold for all heads by split
+conformal prediction on every source of held-out negatives
+(:mod:`eco_guard.classifier.calibration`), including the policy's own examples scored
+cross-fitted (:mod:`eco_guard.classifier.neighbours`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Required, TypedDict
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+from eco_guard.classifier.background import background_prompts
+from eco_guard.classifier.calibration import Calibration, joint_threshold
+from eco_guard.classifier.encoder import Encoder
+from eco_guard.classifier.heads import (
+    VIEWS,
+    FeatureView,
+    TargetData,
+    TargetPlan,
+    features,
+    fit_head,
+    head_scores,
+    plan_target,
+    unique_texts,
+    view_columns,
+)
+from eco_guard.classifier.lexical import Lexicon
+from eco_guard.classifier.neighbours import (
+    NEIGHBOURS,
+    cross_fitted_retain_scores,
+    cross_target_scores,
+    neighbour_scores,
+    overlapping_targets,
+)
+from eco_guard.errors import UserError
+
+
+LEXICAL_WEIGHTS = (1.0, 2.0)
+"""Scales of the lexical block against the unit-norm encoder block that ``fit`` compares.
+Names and rare terms decide entity-like targets, so there a heavier lexical block helps
+(validation rows: TOFU recall 0.82 -> 0.875 at weight 2, with the few-shot D3 false
+positives on unseen authors down 0.053 -> 0.038); with a handful of examples it ties
+heads to the examples' exact words (the France/Python test policy: 3 of 7 rewordings
+missed at 2, none at 1), and topic-like targets lose recall (WMDP 0.92 -> 0.89). One
+fixed weight cannot serve all three, so :func:`select_features` measures which suits the
+policy; 1.0, listed first, wins ties."""
+_EMBED_CHUNK = 256
+"""Texts per progress-bar step while fitting; large enough to keep the encoder batched."""
+
+
+@dataclass(frozen=True)
+class TargetFit:
+    """What fitting one head used and achieved, for the fit report.
+
+    ``n_calibration`` and ``calibration`` describe the threshold shared by all heads
+    (see :func:`fit_heads`), so they are the same for every target of one fit.
+    """
+
+    id: str
+    n_forget: int
+    n_retain_train: int
+    n_background_train: int
+    n_calibration: int
+    calibration: Calibration
+    train_auc: float
+    """AUROC on the head's own training rows: a sanity check, not an estimate of test quality."""
+    view_note: str = ""
+    """Which features ``fit`` chose (view and lexical weight) and each candidate's held-out recall
+    (shared by all targets)."""
+    forget_scores: tuple[float, ...] = ()
+    retain_scores: tuple[float, ...] = ()
+    """The final head's in-sample scores on the target's forget and retain texts, in the order
+    given (blank texts skipped), for the fit report's histograms: scoring them again would
+    embed every example a second time, which on a large policy doubled the fit."""
+
+
+@dataclass(frozen=True)
+class FittedHeads:
+    """Everything :meth:`Classifier.fit` needs to build a classifier, and the per-target report rows."""
+
+    target_ids: list[str]
+    weights: np.ndarray
+    bias: np.ndarray
+    thresholds: np.ndarray
+    lexicon: Lexicon
+    view: FeatureView
+    fits: list[TargetFit]
+
+
+class FitOptions(TypedDict, total=False):
+    """Keyword options of :func:`fit_heads` (and so of ``Classifier.fit``); only ``target_fpr`` is required."""
+
+    target_fpr: Required[float]
+    seed: int
+    background: Sequence[str] | None
+    calibration: Sequence[str] | None
+    progress: bool
+
+
+def fit_heads(
+    encoder: Encoder,
+    targets: Sequence[TargetData],
+    *,
+    target_fpr: float,
+    seed: int = 0,
+    background: Sequence[str] | None = None,
+    calibration: Sequence[str] | None = None,
+    progress: bool = True,
+) -> FittedHeads:
+    """Fit one head per target, then calibrate one threshold for all of them.
+
+    Negatives for a target's head are its retain texts, the other targets' forget texts
+    and the background prompts. Half of the background is held out from every head.
+    ``calibration`` (the policy's ``classifier.calibration`` negatives: a sample of the
+    traffic the guard will see) is held out too. Without it, every head trains on all
+    of its retain texts, and the retain texts calibrate *cross-fitted*: each half of a
+    target's retain list is scored by a head fitted without that half (see
+    :func:`cross_fitted_retain_scores`). Holding the second half out of training (the
+    former rule) left each head half its few retain examples and certified the rate on
+    half as many negatives (D3: 2.4% / 5.0% FPR on unseen TOFU questions / authors at a
+    1% target, against 1.4% / 2.8% cross-fitted, at the same recall). With several
+    targets, each target's forget texts join them, scored by the other heads fitted
+    without them (:func:`cross_target_scores`): they are the nearest non-target
+    neighbours every other head has, and 10 retain authors alone under-stated the rate
+    on unseen ones (D3 validation rows: 5.3% -> 2.6%; test rows: 1.4% / 2.8% -> 0.8% /
+    0.5% at recall 0.990 / 0.993). Targets that overlap (one topic split in two, see
+    :func:`overlapping_targets`) are not each other's neighbours.
+
+    The threshold is shared by every head and uses the *max score over targets* as the
+    conformal score: a prompt counts as flagged when any target flags it, so this is
+    what makes ``target_fpr`` bound the rate at which a negative is flagged at all
+    (per-target thresholds let n targets flag up to n times that rate). Each source of
+    held-out negatives (policy calibration or cross-fitted near neighbours; held-out background)
+    gets its own split-conformal threshold and the largest wins, so the rate is bounded
+    for traffic like *each* source rather than for their mixture, where a large generic
+    background would hide a high rate on near neighbours.
+
+    The encoder runs once; whether the heads read the sentence embedding or every
+    layer-pooled block, and how much the lexical block weighs, are then chosen by
+    held-out recall on the policy's own forget examples (see :func:`select_features`),
+    and the report says which and why.
+    """
+    targets = list(targets)
+    validate_targets(targets)
+    if not 0.0 < target_fpr < 1.0:
+        raise UserError(f"target_fpr must be strictly between 0 and 1, got {target_fpr}")
+    bg = unique_texts(background_prompts() if background is None else background)
+    bg_order = np.random.default_rng(seed).permutation(len(bg))
+    n_bg_cal = len(bg) // 2
+    split = _Negatives(
+        bg_train=[bg[i] for i in bg_order[n_bg_cal:]],
+        bg_cal=[bg[i] for i in bg_order[:n_bg_cal]],
+        user_cal=unique_texts(calibration or []),
+    )
+    # Every distinct text is embedded exactly once, whatever roles it plays in any fit below.
+    texts = unique_texts(
+        [s for t in targets for s in t.forget + t.retain] + split.bg_train + split.bg_cal + split.user_cal
+    )
+    row_of = {text: i for i, text in enumerate(texts)}
+    feats = embed_texts(encoder, texts, progress)
+    views: dict[FeatureView, np.ndarray] = {v: view_columns(feats, v, encoder.dim) for v in (VIEWS if encoder.feature_layers else ("sentence",))}
+    # Only a fit without a calibration set uses other targets' examples as negatives.
+    overlapping = frozenset() if split.user_cal else overlapping_targets(targets, views["sentence"], row_of)
+    choice, view_note = select_features(targets, views, row_of, texts, split, target_fpr, overlapping)
+    core = fit_core(
+        targets,
+        views[choice.view],
+        row_of,
+        texts,
+        split,
+        target_fpr,
+        choice.lexical_weight,
+        overlapping=overlapping,
+        progress=progress,
+    )
+    fits = [
+        TargetFit(
+            id=target.id,
+            n_forget=plan.n_forget,
+            n_retain_train=plan.n_retain_train,
+            n_background_train=plan.n_background_train,
+            n_calibration=core.calibration.n_calibration,
+            calibration=core.calibration,
+            train_auc=float(roc_auc_score(plan.train_labels, core.scores[[row_of[s] for s in plan.train_texts], i])),
+            view_note=view_note,
+            forget_scores=tuple(float(core.scores[row_of[s], i]) for s in target.forget if s in row_of),
+            retain_scores=tuple(float(core.scores[row_of[s], i]) for s in target.retain if s in row_of),
+        )
+        for i, (target, plan) in enumerate(zip(targets, core.plans))
+    ]
+    return FittedHeads(
+        target_ids=[t.id for t in targets],
+        weights=core.weights,
+        bias=core.bias,
+        thresholds=np.full(len(targets), core.calibration.threshold),
+        lexicon=core.lexicon,
+        view=choice.view,
+        fits=fits,
+    )
+
+
+@dataclass(frozen=True)
+class _Negatives:
+    """The fit's background split (half trains heads, half calibrates) and the policy's calibration texts."""
+
+    bg_train: list[str]
+    bg_cal: list[str]
+    user_cal: list[str]
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """One feature set :func:`select_features` compares: an encoder view and a lexical weight."""
+
+    view: FeatureView
+    lexical_weight: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.view} + lexical x{self.lexical_weight:g}"
+
+
+@dataclass(frozen=True)
+class _Core:
+    """Fitted heads, their shared calibration, and every embedded text's scores."""
+
+    weights: np.ndarray
+    bias: np.ndarray
+    lexicon: Lexicon
+    calibration: Calibration
+    plans: list[TargetPlan]
+    scores: np.ndarray
+
+
+def fit_core(
+    targets: list[TargetData],
+    feats: np.ndarray,
+    row_of: dict[str, int],
+    texts: list[str],
+    split: _Negatives,
+    target_fpr: float,
+    lexical_weight: float,
+    *,
+    overlapping: frozenset[tuple[int, int]] = frozenset(),
+    progress: bool = False,
+    estimate: bool = True,
+) -> _Core:
+    """Heads for ``targets`` on already-embedded ``feats`` (rows per ``row_of``) and their joint threshold.
+
+    See :func:`fit_heads` for which texts train and which calibrate; ``overlapping``
+    (target index pairs, see :func:`overlapping_targets`) says whose examples are not each
+    other's calibration neighbours. ``estimate`` adds the 2-fold false-positive estimate
+    to the calibration note (skipped by the inner fits of :func:`select_features`, which
+    only need the threshold).
+    """
+    plans = [plan_target(t, targets, split.bg_train) for t in targets]
+    # Held out from every head: no text any head trains on may calibrate the shared threshold.
+    trained = {s for plan in plans for s in plan.train_texts}
+    sources = {
+        "calibration": [s for s in split.user_cal if s not in trained],
+        "held-out background": [s for s in split.bg_cal if s not in trained],
+    }
+    # Texts trained only as some head's retain rows: cross-fitting keeps them unseen.
+    not_retain = {s for t in targets for s in t.forget} | set(split.bg_train)
+    retain_cal = [] if split.user_cal else unique_texts(s for plan in plans for s in plan.retain if s not in not_retain)
+
+    lexicon = Lexicon.fit([s for t in targets for s in t.forget], sorted(trained), lexical_weight)
+    lex = lexicon.transform(texts)
+    train_feats = features(feats, lex)
+    weights = np.zeros((len(targets), train_feats.shape[1]))
+    bias = np.zeros(len(targets))
+    for i, plan in enumerate(tqdm(plans, desc="fitting heads", unit="target", disable=not progress, file=sys.stderr)):
+        weights[i], bias[i] = fit_head(train_feats[[row_of[s] for s in plan.train_texts]], plan.train_labels)
+
+    # Calibrate with the exact scoring code used at run time, so a calibration score and
+    # a live score of the same text differ only by the float rounding of a differently
+    # padded encoder batch (~1e-8).
+    all_scores = head_scores(feats, lex, weights, bias)
+    max_scores = {name: all_scores[[row_of[s] for s in v]].max(axis=1) for name, v in sources.items() if v}
+    if not split.user_cal:
+        # Without a traffic sample, the policy's own examples are the nearest neighbours we
+        # know: retain texts, and for each head the other targets' forget texts. Both were
+        # trained on, so both are scored cross-fitted; pooled, they are one source.
+        near: list[np.ndarray] = []
+        if retain_cal:
+            rows = [row_of[s] for s in retain_cal]
+            near.append(cross_fitted_retain_scores(plans, retain_cal, all_scores[rows], train_feats, row_of, feats[rows], lex[rows]))
+        others = np.zeros(0)
+        if len(overlapping) < len(targets) * (len(targets) - 1):  # some pair of targets are each other's neighbours
+            others = neighbour_scores(cross_target_scores(targets, plans, train_feats, row_of, feats, lex), overlapping)
+        pooled = np.concatenate([*near, others])
+        if pooled.size:
+            # Named for what it holds: retain alone when every target overlaps every other.
+            max_scores = {(NEIGHBOURS if others.size else "cross-fitted retain"): pooled, **max_scores}
+    if not max_scores:
+        raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
+    calibration = joint_threshold(max_scores, target_fpr, len(targets), estimate=estimate)
+    if overlapping:
+        pairs = ", ".join(sorted(f"{targets[a].id!r} and {targets[b].id!r}" for a, b in overlapping if a < b))
+        calibration = replace(
+            calibration,
+            note=f"{calibration.note}. Targets whose examples are as alike across the pair as within each, so not "
+            f"counted as each other's neighbours (consider merging them): {pairs}",
+        )
+    return _Core(weights, bias, lexicon, calibration, plans, all_scores)
+
+
+def select_features(
+    targets: list[TargetData],
+    views: dict[FeatureView, np.ndarray],
+    row_of: dict[str, int],
+    texts: list[str],
+    split: _Negatives,
+    target_fpr: float,
+    overlapping: frozenset[tuple[int, int]],
+) -> tuple[_Candidate, str]:
+    """Pick the feature view and lexical weight with the best recall on the policy's own held-out forget examples.
+
+    Layer-pooled features and a heavier lexical block both see wording as well as
+    meaning. With hundreds of examples per target that separates rewordings of a forget
+    question from the same kind of question about something else; with a handful it
+    ties the heads to the examples' exact words, and a calibrated threshold then misses
+    rewordings; and for topics, whose examples share no names, heavier words only add
+    noise. Which regime a policy is in is measured, not guessed: each candidate (view x
+    :data:`LEXICAL_WEIGHTS`) is fitted twice, each time on alternate halves of every
+    target's forget list, with the threshold calibrated exactly as in the real fit, and
+    scored on the other half. On the issue-3 protocols the views alone chose ``layers``
+    for the large policies (TOFU, 200 forget examples: held-out recall 0.865 -> 0.890;
+    WMDP: 0.905 -> 0.923) and ``sentence`` for the few-shot ones (20 authors x 5
+    examples: 0.800 vs 0.700; the 8-example France/Python test policy: 0.688 vs 0.438).
+    Candidates are tried simplest first (sentence, weight 1) and one must beat every
+    earlier one strictly to be chosen, so ties keep the view the encoder was trained to
+    produce. Policies with no target of two or more forget examples keep it too. Costs
+    two head fits per candidate; the encoder runs once.
+    """
+    plain = _Candidate("sentence", LEXICAL_WEIGHTS[0])
+    if not any(len(unique_texts(t.forget)) >= 2 for t in targets):
+        return plain, "sentence-embedding features (no held-out forget examples to compare feature sets on)"
+    # The same two folds for every candidate: targets with one example keep it in both.
+    folds: list[tuple[list[TargetData], list[str]]] = []
+    for fold in (0, 1):
+        kept, held = [], []
+        for t in targets:
+            forget = unique_texts(t.forget)
+            if len(forget) < 2:
+                kept.append(t)
+                continue
+            kept.append(TargetData(t.id, forget[fold::2], t.retain))
+            held += forget[1 - fold :: 2]
+        folds.append((kept, held))
+    recall: dict[_Candidate, float] = {}
+    for weight in LEXICAL_WEIGHTS:
+        for view in views:
+            hits = total = 0
+            for kept, held in folds:
+                core = fit_core(
+                    kept, views[view], row_of, texts, split, target_fpr, weight, overlapping=overlapping, estimate=False
+                )
+                rows = [row_of[s] for s in held]
+                hits += int(np.sum(core.scores[rows].max(axis=1) > core.calibration.threshold))
+                total += len(rows)
+            recall[_Candidate(view, weight)] = hits / total
+    chosen = max(recall, key=lambda c: recall[c])  # the first of equals: the simplest
+    shown = ", ".join(f"{c.name} {r:.3f}" for c, r in recall.items())
+    return chosen, (
+        f"{chosen.name} features, chosen by recall on held-out forget examples at the calibrated threshold "
+        f"(2-fold over each target's forget list: {shown})"
+    )
+
+
+def validate_targets(targets: list[TargetData]) -> None:
+    """Reject target lists that cannot produce a meaningful head, naming the offending target."""
+    if not targets:
+        raise UserError("need at least one target to fit a classifier")
+    seen: set[str] = set()
+    for t in targets:
+        if not t.id:
+            raise UserError("every target needs a non-empty id")
+        if t.id in seen:
+            raise UserError(f"duplicate target id {t.id!r}")
+        seen.add(t.id)
+        if not any(s.strip() for s in t.forget):
+            raise UserError(f"target {t.id!r} has no forget examples")
+
+
+def embed_texts(encoder: Encoder, texts: list[str], progress: bool) -> np.ndarray:
+    """Embed in chunks so a long fit shows progress; chunking does not change the result."""
+    out = np.empty((len(texts), encoder.feature_dim), dtype=np.float32)
+    with tqdm(total=len(texts), desc="embedding examples", unit="text", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(texts), _EMBED_CHUNK):
+            chunk = texts[start : start + _EMBED_CHUNK]
+            out[start : start + len(chunk)] = encoder.features(chunk)
+            bar.update(len(chunk))
+    return out
