@@ -30,6 +30,7 @@ from eco_guard.classifier import (
     resolve_encoder_path,
 )
 from eco_guard.classifier import heads, neighbours
+from eco_guard.classifier.feature_cache import corpus_features
 from eco_guard.classifier.lexical import Lexicon
 from eco_guard.errors import GuardLoadError, InputError, ModelLoadError, UserError
 
@@ -252,6 +253,37 @@ def test_background_corpus() -> None:
     assert all(p == p.strip() and p for p in prompts)
     prompts.clear()
     assert len(background_prompts()) >= 600  # callers cannot corrupt the cached corpus
+
+
+def test_background_features_are_computed_once_and_read_back(
+    encoder: Encoder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ECO_GUARD_CACHE", str(tmp_path))
+    texts = background_prompts()[:40]
+    calls: list[int] = []
+
+    def compute(batch: list[str]) -> np.ndarray:
+        calls.append(len(batch))
+        return encoder.features(batch)
+
+    cold = corpus_features(encoder, texts, compute)
+    warm = corpus_features(encoder, texts, compute)
+    assert calls == [40]  # the second call read the cache
+    np.testing.assert_array_equal(cold, warm)  # a cold fit uses exactly what a warm one reads
+    np.testing.assert_allclose(warm, encoder.features(texts), atol=1e-5)
+    assert not list(tmp_path.glob("features/*.tmp"))
+    # Other texts are another entry; a damaged entry is computed again, not trusted.
+    corpus_features(encoder, texts[:20], compute)
+    assert calls == [40, 20]
+    for entry in tmp_path.glob("features/*.npy"):
+        entry.write_bytes(b"garbage")
+    np.testing.assert_array_equal(corpus_features(encoder, texts, compute), cold)
+    assert calls == [40, 20, 40]
+    # An unwritable cache only costs time.
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("ECO_GUARD_CACHE", str(blocked))
+    np.testing.assert_array_equal(corpus_features(encoder, texts, compute), cold)
 
 
 # ---------------------------------------------------------------- classifier

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from eco_guard.classifier.feature_cache import model_files_identity
 from eco_guard.errors import ModelLoadError
 from eco_guard.runner.store import cache_dir
 
@@ -115,16 +116,8 @@ def _backbone(model: SentenceTransformer) -> tuple[torch.nn.Module, list[str]]:
 
 
 def _cache_key(model_dir: Path, layers: Sequence[int]) -> str:
-    """Identity of the model files (names, sizes, mtimes), the layers, torch and our format.
-
-    Hashing the weights on every start would cost more than the load; a reinstalled
-    package changes sizes or mtimes, which invalidates the entry.
-    """
-    parts = [str(model_dir.resolve()), repr(tuple(layers)), torch.__version__, str(_FORMAT)]
-    for path in sorted(model_dir.rglob("*")):
-        if path.is_file():
-            st = path.stat()
-            parts.append(f"{path.relative_to(model_dir)}|{st.st_size}|{st.st_mtime_ns}")
+    """Identity of the model files (see :func:`model_files_identity`), the layers, torch and our format."""
+    parts = [*model_files_identity(model_dir), repr(tuple(layers)), torch.__version__, str(_FORMAT)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Required, TypedDict
 
 import numpy as np
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from eco_guard.classifier.background import background_prompts
 from eco_guard.classifier.calibration import Calibration, joint_threshold
 from eco_guard.classifier.encoder import Encoder
+from eco_guard.classifier.feature_cache import corpus_features
 from eco_guard.classifier.heads import (
     VIEWS,
     FeatureView,
@@ -163,12 +165,12 @@ def fit_heads(
         bg_cal=[bg[i] for i in bg_order[:n_bg_cal]],
         user_cal=unique_texts(calibration or []),
     )
-    # Every distinct text is embedded exactly once, whatever roles it plays in any fit below.
-    texts = unique_texts(
-        [s for t in targets for s in t.forget + t.retain] + split.bg_train + split.bg_cal + split.user_cal
-    )
+    # Every distinct text is embedded exactly once, whatever roles it plays in any fit below;
+    # the background (rows 0..len(bg)-1, in corpus order) only once per encoder.
+    texts = unique_texts(bg + [s for t in targets for s in t.forget + t.retain] + split.user_cal)
     row_of = {text: i for i, text in enumerate(texts)}
-    feats = embed_texts(encoder, texts, progress)
+    embed_background = partial(embed_texts, encoder, progress=progress, desc="embedding background (once per encoder)")
+    feats = np.concatenate([corpus_features(encoder, bg, embed_background), embed_texts(encoder, texts[len(bg) :], progress=progress)])
     views: dict[FeatureView, np.ndarray] = {v: view_columns(feats, v, encoder.dim) for v in (VIEWS if encoder.feature_layers else ("sentence",))}
     # Only a fit without a calibration set uses other targets' examples as negatives.
     overlapping = frozenset() if split.user_cal else overlapping_targets(targets, views["sentence"], row_of)
@@ -394,10 +396,10 @@ def validate_targets(targets: list[TargetData]) -> None:
             raise UserError(f"target {t.id!r} has no forget examples")
 
 
-def embed_texts(encoder: Encoder, texts: list[str], progress: bool) -> np.ndarray:
+def embed_texts(encoder: Encoder, texts: list[str], *, progress: bool, desc: str = "embedding examples") -> np.ndarray:
     """Embed in chunks so a long fit shows progress; chunking does not change the result."""
     out = np.empty((len(texts), encoder.feature_dim), dtype=np.float32)
-    with tqdm(total=len(texts), desc="embedding examples", unit="text", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress or not texts, file=sys.stderr) as bar:
         for start in range(0, len(texts), _EMBED_CHUNK):
             chunk = texts[start : start + _EMBED_CHUNK]
             out[start : start + len(chunk)] = encoder.features(chunk)

@@ -1,0 +1,77 @@
+"""Encoder features of fixed corpora, computed once per encoder and kept in eco-guard's cache.
+
+Every fit trains and calibrates on the packaged background corpus (thousands of prompts,
+see :mod:`eco_guard.classifier.background`). Embedding it is most of a small policy's fit
+time and gives the same numbers every time, so it is done once per encoder and corpus
+and stored under ``$ECO_GUARD_CACHE/features/`` (or ``~/.cache/eco-guard``), keyed by the
+texts, the encoder's model files (names, sizes, mtimes), its feature layers, precision
+and runtime. Every fit, the first included, reads the features back from that one
+computation, so fitting the same policy twice gives byte-identical heads whether or not
+the cache was warm. A cache that cannot be written (read-only home) only costs time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from eco_guard.runner.store import cache_dir
+
+if TYPE_CHECKING:
+    from eco_guard.classifier.encoder import Encoder
+
+_FORMAT = 1
+"""Bump when what is stored changes, so stale entries are ignored."""
+
+
+def model_files_identity(model_dir: Path) -> list[str]:
+    """The model directory's path and every file's name, size and mtime.
+
+    Hashing the weights on every start would cost more than the load; a reinstalled
+    package changes sizes or mtimes, which invalidates anything keyed on this.
+    """
+    parts = [str(model_dir.resolve())]
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file():
+            st = path.stat()
+            parts.append(f"{path.relative_to(model_dir)}|{st.st_size}|{st.st_mtime_ns}")
+    return parts
+
+
+def corpus_features(encoder: Encoder, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """``compute(texts)`` (the encoder's ``[n, feature_dim]`` features), from the cache when present."""
+    texts = list(texts)
+    key = _key(encoder, texts)
+    path = cache_dir() / "features" / f"{key}.npy"
+    try:
+        cached = np.load(path, allow_pickle=False)
+        if cached.shape == (len(texts), encoder.feature_dim):
+            return cached
+    except (OSError, ValueError):  # absent, truncated or unreadable: compute it again
+        pass
+    feats = compute(texts)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, feats, allow_pickle=False)
+        os.replace(tmp, path)  # readers see the whole array or none
+    except OSError:
+        pass
+    # Read back what was stored, so a warm and a cold fit use the same array.
+    return np.load(path, allow_pickle=False) if path.is_file() else feats
+
+
+def _key(encoder: Encoder, texts: list[str]) -> str:
+    digest = hashlib.sha256()
+    ident = [str(_FORMAT), encoder.precision, encoder.runtime, repr(encoder.feature_layers), *model_files_identity(encoder.path)]
+    for part in ident + texts:
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:24]
