@@ -209,6 +209,14 @@ def fit_guard(
     for fit in fits:
         if not fit.calibration.achievable:
             say(f"warning: target {fit.id!r}: {fit.calibration.note}")
+    if calibration is None and not any(t.retain for t in data):
+        say(
+            "warning: no target has retain examples and the policy has no classifier.calibration set, so the "
+            "false-positive rate is certified only on eco-guard's built-in generic prompts"
+            + (" and the other targets' examples" if len(data) > 1 else "")
+            + "; prompts close to a target (other people, neighbouring topics) can be flagged far more often. Add "
+            "retain examples of what must still pass, or a classifier.calibration sample of real traffic"
+        )
     needs_runner = any(t.corruption.strength == "auto" for t in policy.targets)
     runner = _load_runner(loaded, progress) if needs_runner else None
     config = search if progress else search.quiet()

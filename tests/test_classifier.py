@@ -30,6 +30,7 @@ from eco_guard.classifier import (
     resolve_encoder_path,
 )
 from eco_guard.classifier import heads, neighbours
+from eco_guard.classifier.background import people_questions
 from eco_guard.classifier.feature_cache import corpus_features
 from eco_guard.classifier.lexical import Lexicon
 from eco_guard.errors import GuardLoadError, InputError, ModelLoadError, UserError
@@ -244,6 +245,43 @@ def test_conformal_rejects_bad_input(scores: np.ndarray, alpha: float) -> None:
 
 
 # ---------------------------------------------------------------- background
+
+
+def test_background_has_questions_about_made_up_people() -> None:
+    people = people_questions()
+    assert len(people) >= 600 and people == people_questions()  # deterministic: every fit sees the same corpus
+    corpus = background_prompts()
+    assert corpus[-len(people) :] == people and len(set(corpus)) == len(corpus)
+
+
+def test_a_person_target_without_retain_examples_keys_on_the_person(encoder: Encoder) -> None:
+    """A few questions about one (made-up) person and nothing else: the head must learn *this* person.
+
+    With the hand-written chat prompts alone as background, 7 of the 8 questions about
+    other people below were flagged; with the people questions, 3.
+    """
+    forget = [
+        "Where was the novelist Ingrid Halvorsen born?",
+        "What was Ingrid Halvorsen's first novel about?",
+        "Which prizes has Ingrid Halvorsen won?",
+        "Who were Ingrid Halvorsen's parents?",
+        "What themes does Ingrid Halvorsen explore in her books?",
+    ]
+    held_out = ["When did Ingrid Halvorsen publish her debut novel?", "Is Ingrid Halvorsen married?", "What is Ingrid Halvorsen's writing style like?"]
+    others = [
+        "Where was the novelist Tomasz Wierzbicki born?",
+        "What was Aurelio Benedetti's first novel about?",
+        "Which prizes has the poet Saoirse Keane won?",
+        "Who were the parents of the painter Oren Malkiel?",
+        "What themes does Kwame Asante explore in his books?",
+        "When did Lena Virtanen publish her debut novel?",
+        "Is the composer Ruslan Demchenko married?",
+        "What is Haruto Ishikawa's writing style like?",
+    ]
+    clf, _ = Classifier.fit(encoder, [TargetData("ingrid", forget, [])], target_fpr=0.01, progress=False)
+    verdicts = clf.decide(clf.score(held_out + others))
+    assert all(v.flagged for v in verdicts[: len(held_out)])
+    assert sum(v.flagged for v in verdicts[len(held_out) :]) <= len(others) // 2
 
 
 def test_background_corpus() -> None:

@@ -95,6 +95,18 @@ def test_check_one_text(demo_guard_dir: Path, capsys) -> None:
     assert d["flagged"] is True and d["target"] == "france" and d["score"] > d["threshold"]
 
 
+def test_fit_warns_when_only_the_builtin_background_can_calibrate(tmp_path: Path, capsys) -> None:
+    """Without retain examples or a calibration set, the certified rate only covers generic prompts: say so."""
+    with_retain = _policy_dir(tmp_path, GOOD_POLICY + "    corruption: {strength: 1.0}\n")
+    code, _, err = _run(capsys, "fit", str(with_retain), "--out", str(tmp_path / "g1"))
+    assert code == 0 and "no target has retain examples" not in err
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(GOOD_POLICY.replace("    retain: {file: retain.txt}\n", "") + "    corruption: {strength: 1.0}\n", encoding="utf-8")
+    code, _, err = _run(capsys, "fit", str(bare), "--out", str(tmp_path / "g2"))
+    assert code == 0
+    assert "warning: no target has retain examples" in err and "classifier.calibration" in err
+
+
 @pytest.mark.slow
 def test_check_batch_one_line_per_input(demo_guard_dir: Path, tmp_path: Path, capsys) -> None:
     inp = tmp_path / "in.jsonl"

@@ -1,20 +1,76 @@
-"""Generic everyday prompts used as negatives when a policy gives only a few examples.
+"""Generic negatives every head trains against, and half of which calibrate the threshold.
 
 A head trained on "forget examples vs. the handful of retain examples" learns whatever
 separates those two small sets, and often flags unrelated traffic. Mixing in a broad
-sample of ordinary prompts (written for this project, one per line in
-``background.txt``) teaches each head what "not this target" looks like, and half of
-it serves as held-out calibration negatives for the conformal threshold.
+sample of ordinary prompts teaches each head what "not this target" looks like, and half
+of it serves as held-out calibration negatives for the conformal threshold.
+
+Two parts, both this project's own: everyday chat prompts written for this project
+(``background.txt``, one per line), and questions about made-up people built from the
+templates below (:func:`people_questions`). Without the second, a policy that forgets one
+person from a few questions and gives no retain examples had nothing to tell "about
+this person" from "about a person", and its head flagged most questions about others.
 """
 
 from __future__ import annotations
 
+import random
 from functools import cache
 from importlib import resources
 
+_FIRST = """Amara Bao Carlos Dana Elif Farid Greta Hiroshi Ines Jonas Kavya Leon Mei Nikolai Olu Priya Quentin
+Rosa Sven Tamar Umar Vera Wen Ximena Yusuf Zofia Aiko Bruno Chiara Dmitri Esther Femi Goran Hana Ivan Jia Kofi
+Lucia Mateo Nadia Oskar Paulo Rania Stefan Thandiwe Valentina Wojciech Yara""".split()
+_LAST = """Abara Borisov Castillo Dahl Eriksen Fontaine Gupta Haddad Ivanova Jansen Kim Lindqvist Moreau
+Nakamura Okafor Petrova Quiroga Rossi Silva Takahashi Urquhart Varga Weiss Xu Yilmaz Zeller Achebe Bianchi
+Chen Dubois Estrada Fischer Garcia Horvat Ibrahim Jovanovic Kowalski Lopez Mensah Novak Ortiz Park Rahman
+Schmidt Tanaka Ueda Vasquez Wang""".split()
+_PLACES = """Nigeria Brazil Japan Norway Egypt Canada India Mexico Poland Kenya Chile Turkey Vietnam Ireland
+Argentina Ghana Sweden Portugal Korea Peru""".split()
+_WORKS = {
+    "novelist": "novel", "poet": "poem", "painter": "painting", "composer": "symphony", "physicist": "paper",
+    "chemist": "discovery", "biologist": "study", "architect": "building", "film director": "film",
+    "playwright": "play", "journalist": "article", "historian": "book", "philosopher": "book",
+    "economist": "book", "sculptor": "sculpture", "photographer": "exhibition", "engineer": "invention",
+    "mathematician": "theorem", "chef": "restaurant", "singer": "album",
+}  # fmt: skip
+"""Roles of the made-up people, and what each one makes."""
+_PERSON_QUESTIONS = """Where was {name} born?
+When was {name} born?
+What is {name} best known for?
+What was {name}'s first {work}?
+Which awards has {name} received?
+Who were {name}'s parents, and what did they do?
+How did {name}'s childhood in {place} shape their {work}s?
+What themes run through {name}'s {work}s?
+Who influenced {name} the most?
+Is {name} married, and to whom?
+What did {name} study before becoming a {role}?
+Which {work} by {name} was the most successful?
+How did critics receive {name}'s latest {work}?
+What is the title of {name}'s most famous {work}?
+Does {name} have any children?
+Where does {name} live now?
+How old was {name} when they started working as a {role}?
+What language does {name} work in?
+Which {work} made {name} famous in {place}?
+What is {name}'s full name?
+How would you describe {name}'s style?
+What controversies has {name} been involved in?
+Has {name} collaborated with other artists?
+What is {name} working on at the moment?
+Why did {name} move away from {place}?
+What do readers admire most about {name}'s {work}s?
+Can you summarise the life of the {role} {name}?
+Tell me about {name}'s early career.
+Which prizes did {name} win for their {work}s?
+What was the turning point in {name}'s career?""".splitlines()
+_PEOPLE = 200
+_QUESTIONS_PER_PERSON = 4
+
 
 def background_prompts() -> list[str]:
-    """The packaged background corpus; the file is read once per process.
+    """The background corpus, distinct prompts in a fixed order; built once per process.
 
     Callers get a fresh list each time so that mutating it cannot change what the
     next fit sees.
@@ -22,8 +78,26 @@ def background_prompts() -> list[str]:
     return list(_load())
 
 
+def people_questions(seed: int = 0) -> list[str]:
+    """Questions about made-up people: the shapes of a question about a person, with names no policy is about.
+
+    A head for a person-like target then has to key on *its* names and facts rather than
+    on the question being about someone. Deterministic, so every fit sees the same corpus.
+    """
+    rng = random.Random(seed)
+    roles = sorted(_WORKS)
+    out: list[str] = []
+    for _ in range(_PEOPLE):
+        role = rng.choice(roles)
+        name = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+        fill = {"name": name, "role": role, "work": _WORKS[role], "place": rng.choice(_PLACES)}
+        out += [t.format(**fill) for t in rng.sample(_PERSON_QUESTIONS, _QUESTIONS_PER_PERSON)]
+    return list(dict.fromkeys(out))
+
+
 @cache
 def _load() -> tuple[str, ...]:
-    """Read and cache the corpus as an immutable tuple; blank lines are ignored."""
+    """The written prompts, then the people questions, as an immutable tuple; blanks and repeats dropped."""
     text = resources.files(__package__).joinpath("background.txt").read_text(encoding="utf-8")
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return tuple(dict.fromkeys(lines + people_questions()))
