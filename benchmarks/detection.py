@@ -256,16 +256,11 @@ def write_policy(protocol: Protocol, directory: Path) -> Path:
     targets = []
     for t in protocol.targets:
         _write_jsonl(directory / f"{t.id}.forget.jsonl", t.forget)
-        _write_jsonl(directory / f"{t.id}.retain.jsonl", t.retain)
-        targets.append(
-            {
-                "id": t.id,
-                "description": t.description,
-                "forget": {"file": f"{t.id}.forget.jsonl"},
-                "retain": {"file": f"{t.id}.retain.jsonl"},
-                "corruption": {"strength": 1.0},
-            }
-        )
+        entry: dict[str, Any] = {"id": t.id, "description": t.description, "forget": {"file": f"{t.id}.forget.jsonl"}}
+        if t.retain:  # a target may have none, as users write them
+            _write_jsonl(directory / f"{t.id}.retain.jsonl", t.retain)
+            entry["retain"] = {"file": f"{t.id}.retain.jsonl"}
+        targets.append({**entry, "corruption": {"strength": 1.0}})
     classifier: dict[str, Any] = {"target_fpr": 0.01}
     if protocol.calibration is not None:
         _write_jsonl(directory / "calibration.jsonl", protocol.calibration)

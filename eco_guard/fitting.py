@@ -212,7 +212,7 @@ def fit_guard(
     if calibration is None and not any(t.retain for t in data):
         say(
             "warning: no target has retain examples and the policy has no classifier.calibration set, so the "
-            "false-positive rate is certified only on eco-guard's built-in generic prompts"
+            "false-positive rate is certified only on eco-guard's built-in generic prompts (and questions about made-up people)"
             + (" and the other targets' examples" if len(data) > 1 else "")
             + "; prompts close to a target (other people, neighbouring topics) can be flagged far more often. Add "
             "retain examples of what must still pass, or a classifier.calibration sample of real traffic"

@@ -250,15 +250,15 @@ def test_conformal_rejects_bad_input(scores: np.ndarray, alpha: float) -> None:
 def test_background_has_questions_about_made_up_people() -> None:
     people = people_questions()
     assert len(people) >= 600 and people == people_questions()  # deterministic: every fit sees the same corpus
-    corpus = background_prompts()
-    assert corpus[-len(people) :] == people and len(set(corpus)) == len(corpus)
+    assert not set(people) & set(background_prompts())  # they join only fits without negatives of their own
 
 
 def test_a_person_target_without_retain_examples_keys_on_the_person(encoder: Encoder) -> None:
     """A few questions about one (made-up) person and nothing else: the head must learn *this* person.
 
     With the hand-written chat prompts alone as background, 7 of the 8 questions about
-    other people below were flagged; with the people questions, 3.
+    other people below were flagged; with the people questions, which fit adds when a
+    policy has no retain examples or calibration set, 3.
     """
     forget = [
         "Where was the novelist Ingrid Halvorsen born?",

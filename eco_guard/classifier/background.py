@@ -6,10 +6,9 @@ sample of ordinary prompts teaches each head what "not this target" looks like, 
 of it serves as held-out calibration negatives for the conformal threshold.
 
 Two parts, both this project's own: everyday chat prompts written for this project
-(``background.txt``, one per line), and questions about made-up people built from the
-templates below (:func:`people_questions`). Without the second, a policy that forgets one
-person from a few questions and gives no retain examples had nothing to tell "about
-this person" from "about a person", and its head flagged most questions about others.
+(``background.txt``, one per line, :func:`background_prompts`), and questions about
+made-up people built from the templates below (:func:`people_questions`), which join the
+background only when the policy gives no near negatives of its own (see there).
 """
 
 from __future__ import annotations
@@ -70,7 +69,7 @@ _QUESTIONS_PER_PERSON = 4
 
 
 def background_prompts() -> list[str]:
-    """The background corpus, distinct prompts in a fixed order; built once per process.
+    """The written background prompts, distinct, in file order; the file is read once per process.
 
     Callers get a fresh list each time so that mutating it cannot change what the
     next fit sees.
@@ -81,8 +80,14 @@ def background_prompts() -> list[str]:
 def people_questions(seed: int = 0) -> list[str]:
     """Questions about made-up people: the shapes of a question about a person, with names no policy is about.
 
-    A head for a person-like target then has to key on *its* names and facts rather than
-    on the question being about someone. Deterministic, so every fit sees the same corpus.
+    A policy that forgets one person from a few questions, with no retain examples and no
+    calibration set, otherwise has nothing to tell "about this person" from "about a
+    person": with the chat prompts alone as background, one TOFU author's head fitted on
+    5 questions flagged 85% of questions about other TOFU authors; with these, 27%. So
+    fitting adds them exactly when the policy has no negatives of its own near its targets.
+    Policies that have them do not need these: on the TOFU policy of protocol D1 (200 forget
+    questions, a calibration set) they only added noise (test recall 0.990 -> 0.975).
+    Deterministic, so every fit sees the same corpus.
     """
     rng = random.Random(seed)
     roles = sorted(_WORKS)
@@ -97,7 +102,6 @@ def people_questions(seed: int = 0) -> list[str]:
 
 @cache
 def _load() -> tuple[str, ...]:
-    """The written prompts, then the people questions, as an immutable tuple; blanks and repeats dropped."""
+    """The written prompts as an immutable tuple; blanks and repeats dropped."""
     text = resources.files(__package__).joinpath("background.txt").read_text(encoding="utf-8")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return tuple(dict.fromkeys(lines + people_questions()))
+    return tuple(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))

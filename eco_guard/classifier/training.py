@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from eco_guard.classifier.background import background_prompts
+from eco_guard.classifier.background import background_prompts, people_questions
 from eco_guard.classifier.calibration import Calibration, joint_threshold
 from eco_guard.classifier.encoder import Encoder
 from eco_guard.classifier.feature_cache import corpus_features
@@ -157,7 +157,13 @@ def fit_heads(
     validate_targets(targets)
     if not 0.0 < target_fpr < 1.0:
         raise UserError(f"target_fpr must be strictly between 0 and 1, got {target_fpr}")
-    bg = unique_texts(background_prompts() if background is None else background)
+    if background is None:
+        background = background_prompts()
+        if not calibration and not any(t.retain for t in targets):
+            # No negatives of the policy's own near its targets: generic questions about made-up
+            # people stand in for them (see people_questions for why, and why only here).
+            background += people_questions()
+    bg = unique_texts(background)
     bg_order = np.random.default_rng(seed).permutation(len(bg))
     n_bg_cal = len(bg) // 2
     split = _Negatives(

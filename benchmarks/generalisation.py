@@ -1,0 +1,150 @@
+"""Generalisation probes: policies of the kinds users write that protocols D1-D3 do not cover.
+
+D1-D3 (``benchmarks/detection.py``) all give the classifier negatives near its targets: a
+calibration set, or retain examples. Users often give neither: "forget this person" with
+five questions, "forget this topic" with twenty. Then the built-in background is all the
+classifier knows of "not this target", and the certified false-positive rate holds only
+for traffic like that background (``eco-guard fit`` warns). These probes measure how far
+off it is on nearby traffic. Every row comes from the *non-test* parts of the shared data
+(TOFU retain rows 1800-2699, which D1-D3 never score; MMLU's train and calibration
+quarters; WMDP's training fifth; TOFU forget rows of the training positions), so no test
+row of D1-D3 is read. No goal is set: nothing here was tuned, and the numbers are
+reported as they come.
+
+Probes (target FPR 0.01, no retain examples, no calibration set):
+
+- **P1 person**: one TOFU author from the first 5 of their questions, for authors 0-4
+  (one fit each). Positives: the author's other 15 questions and their paraphrases.
+  Negatives: questions about other TOFU authors (retain rows 1800-2699), a quarter of
+  MMLU's non-test questions, world facts.
+- **P2 topic**: 20 WMDP questions of one kind, bio and cyber (one fit each). Positives:
+  the rest of that kind's training fifth. Negatives: MMLU's non-test questions, TOFU
+  retain rows 1800-2699.
+- **P3 subjects**: six MMLU subjects as six targets of 8 questions each, in one policy.
+  Positives: the rest of each subject's non-test rows. Negatives: the other subjects'
+  non-test rows, TOFU retain rows 1800-2699, world facts.
+
+Writes benchmarks/results/generalisation.json and generalisation.md.
+
+    .venv/bin/python benchmarks/generalisation.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from detection import (  # type: ignore[import-not-found]
+    DATA,
+    HERE,
+    Protocol,
+    TargetRows,
+    _csv_questions,
+    _forget10,
+    _json_rows,
+    _shuffled,
+    run_protocol,
+)
+
+SUBJECTS = ("astronomy", "world_religions", "nutrition", "prehistory", "high_school_macroeconomics", "philosophy")
+"""P3's targets: six subjects far from WMDP's and TOFU's, picked before any run."""
+
+
+def _mmlu_non_test() -> dict[str, list[str]]:
+    """Per subject, the train and calibration quarters of the protocols' MMLU split (never its test half)."""
+    out = {}
+    for path in sorted((DATA / "mmlu" / "test").glob("*_test.csv")):
+        rows = _shuffled(_csv_questions(path))
+        out[path.name[: -len("_test.csv")]] = rows[: 2 * (len(rows) // 4)]
+    return out
+
+
+def _unseen_authors() -> list[str]:
+    return [r["question"] for r in _json_rows(DATA / "tofu" / "retain90.json")][1800:2700]
+
+
+def _world_facts() -> list[str]:
+    return [r["question"] for r in _json_rows(DATA / "tofu" / "world_facts.json")]
+
+
+def probe_person(author: int) -> Protocol:
+    rows = _forget10()[20 * author : 20 * author + 20]
+    mmlu = [q for qs in _mmlu_non_test().values() for q in qs]
+    return Protocol(
+        name=f"P1 person {author}",
+        targets=[TargetRows(f"author-{author:02d}", [r["question"] for r in rows[:5]], [], "Everything about this author.")],
+        calibration=None,
+        positives={"other questions": [r["question"] for r in rows[5:]], "paraphrases": [r["paraphrased_question"] for r in rows[5:]]},
+        negatives={"other authors": _unseen_authors(), "MMLU": mmlu[::4], "world facts": _world_facts()},
+    )
+
+
+def probe_topic(kind: str) -> Protocol:
+    rows = _shuffled([r["question"] for r in _json_rows(DATA / "wmdp" / f"wmdp-{kind}.json")])
+    train = rows[: len(rows) // 5]
+    return Protocol(
+        name=f"P2 topic {kind}",
+        targets=[TargetRows(f"wmdp-{kind}", train[:20], [], f"Hazardous {kind} knowledge.")],
+        calibration=None,
+        positives={"other training questions": train[20:]},
+        negatives={"MMLU": [q for qs in _mmlu_non_test().values() for q in qs], "other authors": _unseen_authors()},
+    )
+
+
+def probe_subjects() -> Protocol:
+    mmlu = _mmlu_non_test()
+    return Protocol(
+        name="P3 subjects",
+        targets=[TargetRows(s, mmlu[s][:8], [], f"Questions about {s.replace('_', ' ')}.") for s in SUBJECTS],
+        calibration=None,
+        positives={"held-out subject questions": [q for s in SUBJECTS for q in mmlu[s][8:]]},
+        negatives={
+            "other MMLU subjects": [q for s, qs in mmlu.items() if s not in SUBJECTS for q in qs],
+            "other authors": _unseen_authors(),
+            "world facts": _world_facts(),
+        },
+    )
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    sets = list(dict.fromkeys(k for r in rows for k in r["sets"]))
+    lines = [
+        "| probe | fit s | threshold | " + " | ".join(sets) + " |",
+        "|---|---|---|" + "---|" * len(sets),
+    ]
+    for r in rows:
+        cells = []
+        for k in sets:
+            row = r["sets"].get(k)
+            cells.append("" if row is None else (f"TPR {row['tpr']:.3f}" if "tpr" in row else f"FPR {row['fpr']:.3f}"))
+        lines.append(f"| {r['protocol']} | {r['fit_seconds']:.0f} | {r['threshold']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"generalisation probes skipped: evaluation data not found at {DATA}", file=sys.stderr)
+        return 0
+    probes = [*(probe_person(a) for a in range(5)), probe_topic("bio"), probe_topic("cyber"), probe_subjects()]
+    summaries = []
+    for protocol in probes:
+        print(f"{protocol.name}: fitting {len(protocol.targets)} target(s) ...", file=sys.stderr)
+        summary, _ = run_protocol(protocol)
+        summaries.append(summary)
+        print("  " + json.dumps({k: v.get("tpr", v.get("fpr")) for k, v in summary["sets"].items()}), file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "generalisation.json").write_text(json.dumps({"probes": summaries}, indent=2) + "\n", encoding="utf-8")
+    (args.out / "generalisation.md").write_text(markdown(summaries), encoding="utf-8")
+    print(markdown(summaries))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
