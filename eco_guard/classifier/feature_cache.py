@@ -1,14 +1,14 @@
 """Encoder features of fixed corpora, computed once per encoder and kept in eco-guard's cache.
 
-Every fit trains and calibrates on the packaged background corpus (thousands of prompts,
-see :mod:`eco_guard.classifier.background`). Embedding it is most of a small policy's fit
-time and gives the same numbers every time, so it is done once per encoder and corpus
-and stored under ``$ECO_GUARD_CACHE/features/`` (or ``~/.cache/eco-guard``), keyed by the
-texts, the encoder's model files (names, sizes, mtimes), its feature layers, precision
-and runtime. Every fit, the first included, reads the features back from that one
-computation, so fitting the same policy twice gives byte-identical heads whether or not
-the cache was warm. A cache that cannot be written (read-only home) only costs time.
-"""
+Every fit trains and calibrates on the built-in background (754 written prompts, or 1,552
+with the people questions; see :mod:`eco_guard.classifier.background`). Embedding it took
+a few seconds of every fit and gives the same numbers every time, so it is done once per
+encoder and corpus and stored under ``$ECO_GUARD_CACHE/features/`` (or
+``~/.cache/eco-guard``), keyed by the texts, the encoder's model files (names, sizes,
+mtimes), its feature layers, precision and runtime. Only the built-in corpora are cached,
+so the cache stays bounded. Every fit, the first included, reads the features back from
+that one computation, so fitting the same policy twice gives byte-identical heads whether
+or not the cache was warm. A cache that cannot be written (read-only home) only costs time."""
 
 from __future__ import annotations
 

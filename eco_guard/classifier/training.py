@@ -157,6 +157,7 @@ def fit_heads(
     validate_targets(targets)
     if not 0.0 < target_fpr < 1.0:
         raise UserError(f"target_fpr must be strictly between 0 and 1, got {target_fpr}")
+    builtin = background is None
     if background is None:
         background = background_prompts()
         if not calibration and not any(t.retain for t in targets):
@@ -172,11 +173,13 @@ def fit_heads(
         user_cal=unique_texts(calibration or []),
     )
     # Every distinct text is embedded exactly once, whatever roles it plays in any fit below;
-    # the background (rows 0..len(bg)-1, in corpus order) only once per encoder.
+    # the built-in background (rows 0..len(bg)-1, in corpus order) only once per encoder. A
+    # caller's own background is not cached: the cache holds a bounded set of corpora.
     texts = unique_texts(bg + [s for t in targets for s in t.forget + t.retain] + split.user_cal)
     row_of = {text: i for i, text in enumerate(texts)}
     embed_background = partial(embed_texts, encoder, progress=progress, desc="embedding background (once per encoder)")
-    feats = np.concatenate([corpus_features(encoder, bg, embed_background), embed_texts(encoder, texts[len(bg) :], progress=progress)])
+    bg_feats = corpus_features(encoder, bg, embed_background) if builtin else embed_background(bg)
+    feats = np.concatenate([bg_feats, embed_texts(encoder, texts[len(bg) :], progress=progress)])
     views: dict[FeatureView, np.ndarray] = {v: view_columns(feats, v, encoder.dim) for v in (VIEWS if encoder.feature_layers else ("sentence",))}
     # Only a fit without a calibration set uses other targets' examples as negatives.
     overlapping = frozenset() if split.user_cal else overlapping_targets(targets, views["sentence"], row_of)
