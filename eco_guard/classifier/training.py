@@ -57,6 +57,7 @@ heads to the examples' exact words (the France/Python test policy: 3 of 7 reword
 missed at 2, none at 1), and topic-like targets lose recall (WMDP 0.92 -> 0.89). One
 fixed weight cannot serve all three, so :func:`select_features` measures which suits the
 policy; 1.0, listed first, wins ties."""
+
 _EMBED_CHUNK = 256
 """Texts per progress-bar step while fitting; large enough to keep the encoder batched."""
 
@@ -123,7 +124,9 @@ def fit_heads(
     """Fit one head per target, then calibrate one threshold for all of them.
 
     Negatives for a target's head are its retain texts, the other targets' forget texts
-    and the background prompts. Half of the background is held out from every head.
+    and the background prompts (with questions about made-up people when the policy has
+    no retain examples or calibration set, see :func:`people_questions`). Half of the
+    background is held out from every head.
     ``calibration`` (the policy's ``classifier.calibration`` negatives: a sample of the
     traffic the guard will see) is held out too. Without it, every head trains on all
     of its retain texts, and the retain texts calibrate *cross-fitted*: each half of a
