@@ -126,6 +126,12 @@ def _tofu_negatives() -> tuple[list[str], list[str], dict[str, list[str]]]:
     return retain[:1800], retain[1800:2700], tests
 
 
+def mmlu_subject_rows() -> dict[str, list[str]]:
+    """Each MMLU subject's test-file questions, shuffled with seed 0, subjects sorted by name."""
+    paths = sorted((DATA / "mmlu" / "test").glob("*_test.csv"), key=lambda p: p.name)
+    return {path.name[: -len("_test.csv")]: _shuffled(_csv_questions(path)) for path in paths}
+
+
 def _mmlu_splits() -> tuple[list[str], list[str], list[tuple[str, str]]]:
     """MMLU train (dev + first 25% per subject), calibration (next 25%), test (last 50%, with subject)."""
     train: list[str] = []
@@ -133,9 +139,7 @@ def _mmlu_splits() -> tuple[list[str], list[str], list[tuple[str, str]]]:
         train += _csv_questions(path)
     cal: list[str] = []
     test: list[tuple[str, str]] = []
-    for path in sorted((DATA / "mmlu" / "test").glob("*_test.csv"), key=lambda p: p.name):
-        subject = path.name[: -len("_test.csv")]
-        rows = _shuffled(_csv_questions(path))
+    for subject, rows in mmlu_subject_rows().items():
         q = len(rows) // 4
         train += rows[:q]
         cal += rows[q : 2 * q]

@@ -35,6 +35,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,11 @@ from detection import (  # type: ignore[import-not-found]
     HERE,
     Protocol,
     TargetRows,
-    _csv_questions,
     _forget10,
     _json_rows,
     _shuffled,
+    _tofu_negatives,
+    mmlu_subject_rows,
     run_protocol,
 )
 
@@ -54,21 +56,19 @@ SUBJECTS = ("astronomy", "world_religions", "nutrition", "prehistory", "high_sch
 """P3's targets: six subjects far from WMDP's and TOFU's, picked before any run."""
 
 
+@cache
 def _mmlu_non_test() -> dict[str, list[str]]:
     """Per subject, the train and calibration quarters of the protocols' MMLU split (never its test half)."""
-    out = {}
-    for path in sorted((DATA / "mmlu" / "test").glob("*_test.csv")):
-        rows = _shuffled(_csv_questions(path))
-        out[path.name[: -len("_test.csv")]] = rows[: 2 * (len(rows) // 4)]
-    return out
+    return {subject: rows[: 2 * (len(rows) // 4)] for subject, rows in mmlu_subject_rows().items()}
 
 
 def _unseen_authors() -> list[str]:
-    return [r["question"] for r in _json_rows(DATA / "tofu" / "retain90.json")][1800:2700]
+    """TOFU retain rows 1800-2699: D1's calibration rows, which no protocol scores."""
+    return _tofu_negatives()[1]
 
 
 def _world_facts() -> list[str]:
-    return [r["question"] for r in _json_rows(DATA / "tofu" / "world_facts.json")]
+    return _tofu_negatives()[2]["world_facts"]
 
 
 def probe_person(author: int) -> Protocol:

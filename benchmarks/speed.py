@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 from eco_guard.audit import NullAudit
-from eco_guard.corruption import Corruption
 from eco_guard.fitting import fit_guard
 from eco_guard.guard import Guard
 from eco_guard.runner.base import GenerationOptions
