@@ -11,13 +11,13 @@ import hashlib
 import math
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .artifact import FittedTarget, write_guard
 from .classifier import Classifier, Encoder, TargetData, resolve_encoder_path
+from .classifier.training import lacks_near_negatives
 from .corruption import Corruption
 from .entities import extract_terms
 from .examples import Example, load_examples
@@ -209,7 +209,7 @@ def fit_guard(
     for fit in fits:
         if not fit.calibration.achievable:
             say(f"warning: target {fit.id!r}: {fit.calibration.note}")
-    if calibration is None and not any(t.retain for t in data):
+    if lacks_near_negatives(data, calibration):
         say(
             "warning: no target has retain examples and the policy has no classifier.calibration set, so the "
             "false-positive rate is certified only on eco-guard's built-in generic prompts (and questions about made-up people)"

@@ -163,9 +163,9 @@ def fit_heads(
     builtin = background is None
     if background is None:
         background = background_prompts()
-        if not calibration and not any(t.retain for t in targets):
-            # No negatives of the policy's own near its targets: generic questions about made-up
-            # people stand in for them (see people_questions for why, and why only here).
+        if lacks_near_negatives(targets, calibration):
+            # Generic questions about made-up people stand in for the policy's own near
+            # negatives (see people_questions for why, and why only here).
             background += people_questions()
     bg = unique_texts(background)
     bg_order = np.random.default_rng(seed).permutation(len(bg))
@@ -222,6 +222,15 @@ def fit_heads(
         view=choice.view,
         fits=fits,
     )
+
+
+def lacks_near_negatives(targets: Sequence[TargetData], calibration: Sequence[str] | None) -> bool:
+    """True when the policy gives no negatives of its own near its targets: no retain examples, no calibration set.
+
+    The built-in background is then all a head knows of "not this target", so the certified
+    rate holds only for traffic like it; ``fit`` warns, and adds the people questions.
+    """
+    return not calibration and not any(t.retain for t in targets)
 
 
 @dataclass(frozen=True)
