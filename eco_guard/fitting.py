@@ -212,7 +212,7 @@ def fit_guard(
     if lacks_near_negatives(data, calibration):
         say(
             "warning: no target has retain examples and the policy has no classifier.calibration set, so the "
-            "false-positive rate is certified only on eco-guard's built-in generic prompts (and questions about made-up people)"
+            "false-positive rate is certified only on eco-guard's built-in generic prompts"
             + (" and the other targets' examples" if len(data) > 1 else "")
             + "; prompts close to a target (other people, neighbouring topics) can be flagged far more often. Add "
             "retain examples of what must still pass, or a classifier.calibration sample of real traffic"

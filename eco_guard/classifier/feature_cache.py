@@ -56,14 +56,16 @@ def corpus_features(encoder: Encoder, texts: Sequence[str], compute: Callable[[l
     except (OSError, ValueError):  # absent, truncated or unreadable: compute it again
         pass
     feats = compute(texts)
+    tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, feats, allow_pickle=False)
         os.replace(tmp, path)  # readers see the whole array or none
-    except OSError:
-        pass
+    except OSError:  # a full disk leaves no half-written file behind
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     # Read back what was stored, so a warm and a cold fit use the same array.
     return np.load(path, allow_pickle=False) if path.is_file() else feats
 
