@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .artifact import FittedTarget, write_guard
 from .classifier import Classifier, Encoder, TargetData, resolve_encoder_path
-from .classifier.training import lacks_near_negatives
+from .classifier.training import NO_NEAR_NEGATIVES, lacks_near_negatives
 from .corruption import Corruption
 from .entities import extract_terms
 from .examples import Example, load_examples
@@ -210,13 +210,7 @@ def fit_guard(
         if not fit.calibration.achievable:
             say(f"warning: target {fit.id!r}: {fit.calibration.note}")
     if lacks_near_negatives(data, calibration):
-        say(
-            "warning: no target has retain examples and the policy has no classifier.calibration set, so the "
-            "false-positive rate is certified only on eco-guard's built-in generic prompts"
-            + (" and the other targets' examples" if len(data) > 1 else "")
-            + "; prompts close to a target (other people, neighbouring topics) can be flagged far more often. Add "
-            "retain examples of what must still pass, or a classifier.calibration sample of real traffic"
-        )
+        say(f"warning: {NO_NEAR_NEGATIVES}")
     needs_runner = any(t.corruption.strength == "auto" for t in policy.targets)
     runner = _load_runner(loaded, progress) if needs_runner else None
     config = search if progress else search.quiet()

@@ -105,6 +105,9 @@ def test_fit_warns_when_only_the_builtin_background_can_calibrate(tmp_path: Path
     code, _, err = _run(capsys, "fit", str(bare), "--out", str(tmp_path / "g2"))
     assert code == 0
     assert "warning: no target has retain examples" in err and "classifier.calibration" in err
+    # The fit report, which a compliance reader keeps, says it too; the policy with retain examples does not.
+    assert "Caution: no target has retain examples" in (tmp_path / "g2" / "report.md").read_text(encoding="utf-8")
+    assert "Caution" not in (tmp_path / "g1" / "report.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
