@@ -6,9 +6,9 @@ a few seconds of every fit and gives the same numbers every time, so it is done 
 encoder and corpus and stored under ``$ECO_GUARD_CACHE/features/`` (or
 ``~/.cache/eco-guard``), keyed by the texts, the encoder's model files (names, sizes,
 mtimes), its feature layers, precision and runtime. Only the built-in corpora are cached,
-so the cache stays bounded. Every fit, the first included, reads the features back from
-that one computation, so fitting the same policy twice gives byte-identical heads whether
-or not the cache was warm. A cache that cannot be written (read-only home) only costs time."""
+so the cache stays bounded. The stored array is exactly the computed one, so fitting the
+same policy twice gives byte-identical heads whether or not the cache was warm. A cache
+that cannot be written (read-only home) only costs time."""
 
 from __future__ import annotations
 
@@ -66,8 +66,7 @@ def corpus_features(encoder: Encoder, texts: Sequence[str], compute: Callable[[l
     except OSError:  # a full disk leaves no half-written file behind
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-    # Read back what was stored, so a warm and a cold fit use the same array.
-    return np.load(path, allow_pickle=False) if path.is_file() else feats
+    return feats  # .npy stores float32 exactly, so a cold fit uses the very array a warm one reads
 
 
 def _key(encoder: Encoder, texts: list[str]) -> str:

@@ -171,12 +171,11 @@ def fit_heads(
     if not 0.0 < target_fpr < 1.0:
         raise UserError(f"target_fpr must be strictly between 0 and 1, got {target_fpr}")
     builtin = background is None
-    if background is None:
-        background = background_prompts()
-        if lacks_near_negatives(targets, calibration):
-            # Generic questions about made-up people stand in for the policy's own near
-            # negatives (see people_questions for why, and why only here).
-            background += people_questions()
+    bare = lacks_near_negatives(targets, calibration)
+    if builtin:
+        # Without near negatives of the policy's own, generic questions about made-up people
+        # stand in for them (see people_questions for why, and why only then).
+        background = background_prompts() + (people_questions() if bare else [])
     bg = unique_texts(background)
     bg_order = np.random.default_rng(seed).permutation(len(bg))
     n_bg_cal = len(bg) // 2
@@ -209,7 +208,7 @@ def fit_heads(
         progress=progress,
     )
     calibrated = core.calibration
-    if lacks_near_negatives(targets, calibration):
+    if bare:
         calibrated = replace(calibrated, note=f"{calibrated.note}. Caution: {NO_NEAR_NEGATIVES}")
     fits = [
         TargetFit(
