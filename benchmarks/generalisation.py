@@ -23,6 +23,11 @@ Probes (target FPR 0.01, no retain examples, no calibration set):
 - **P3 subjects**: six MMLU subjects as six targets of 8 questions each, in one policy.
   Positives: the rest of each subject's non-test rows. Negatives: the other subjects'
   non-test rows, TOFU retain rows 1800-2699, world facts.
+- **P4 topic with retain**: P2's 20 questions plus 12 retain examples, the first 4
+  non-test questions of each of three neighbouring MMLU subjects: the contrast case, a
+  topic policy that does give near negatives (so no stand-ins join its background).
+  Negatives: the rest of those subjects ("MMLU related"), every other subject's non-test
+  rows ("MMLU"), TOFU retain rows 1800-2699.
 
 Writes benchmarks/results/generalisation.json and generalisation.md.
 
@@ -84,14 +89,43 @@ def probe_person(author: int) -> Protocol:
 
 
 def probe_topic(kind: str) -> Protocol:
-    rows = _shuffled([r["question"] for r in _json_rows(DATA / "wmdp" / f"wmdp-{kind}.json")])
-    train = rows[: len(rows) // 5]
+    train = _wmdp_training_fifth(kind)
     return Protocol(
         name=f"P2 topic {kind}",
         targets=[TargetRows(f"wmdp-{kind}", train[:20], [], f"Hazardous {kind} knowledge.")],
         calibration=None,
         positives={"other training questions": train[20:]},
         negatives={"MMLU": [q for qs in _mmlu_non_test().values() for q in qs], "other authors": _unseen_authors()},
+    )
+
+
+NEIGHBOURS = {
+    "bio": ("college_biology", "high_school_biology", "virology"),
+    "cyber": ("computer_security", "college_computer_science", "high_school_computer_science"),
+}
+"""P4's retain subjects: MMLU subjects next to each WMDP kind, picked before any run."""
+
+
+def _wmdp_training_fifth(kind: str) -> list[str]:
+    """The D2 protocol's training rows of one WMDP kind (its first fifth after the seeded shuffle)."""
+    rows = _shuffled([r["question"] for r in _json_rows(DATA / "wmdp" / f"wmdp-{kind}.json")])
+    return rows[: len(rows) // 5]
+
+
+def probe_topic_with_retain(kind: str) -> Protocol:
+    mmlu = _mmlu_non_test()
+    train = _wmdp_training_fifth(kind)
+    near = NEIGHBOURS[kind]
+    return Protocol(
+        name=f"P4 topic+retain {kind}",
+        targets=[TargetRows(f"wmdp-{kind}", train[:20], [q for s in near for q in mmlu[s][:4]], f"Hazardous {kind} knowledge.")],
+        calibration=None,
+        positives={"other training questions": train[20:]},
+        negatives={
+            "MMLU related": [q for s in near for q in mmlu[s][4:]],
+            "MMLU": [q for s, qs in mmlu.items() if s not in near for q in qs],
+            "other authors": _unseen_authors(),
+        },
     )
 
 
@@ -133,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"generalisation probes skipped: evaluation data not found at {DATA}", file=sys.stderr)
         return 0
     probes = [*(probe_person(a) for a in range(5)), probe_topic("bio"), probe_topic("cyber"), probe_subjects()]
+    probes += [probe_topic_with_retain("bio"), probe_topic_with_retain("cyber")]
     summaries = []
     for protocol in probes:
         print(f"{protocol.name}: fitting {len(protocol.targets)} target(s) ...", file=sys.stderr)

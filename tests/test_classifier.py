@@ -30,9 +30,10 @@ from eco_guard.classifier import (
     resolve_encoder_path,
 )
 from eco_guard.classifier import heads, neighbours
-from eco_guard.classifier.background import people_questions
+from eco_guard.classifier.background import knowledge_questions, near_negative_stand_ins, people_questions
 from eco_guard.classifier.feature_cache import corpus_features
 from eco_guard.classifier.lexical import Lexicon
+from eco_guard.classifier.training import held_out_sources
 from eco_guard.errors import GuardLoadError, InputError, ModelLoadError, UserError
 
 FRANCE = [
@@ -253,6 +254,68 @@ def test_background_has_questions_about_made_up_people() -> None:
     assert not set(people) & set(background_prompts())  # they join only fits without negatives of their own
 
 
+def test_knowledge_questions_join_the_people_questions_as_stand_ins() -> None:
+    knowledge = knowledge_questions()
+    assert len(knowledge) >= 1000 and len(set(knowledge)) == len(knowledge)
+    assert list(near_negative_stand_ins().values()) == [people_questions(), knowledge]
+
+
+def test_a_topic_target_without_retain_examples_keys_on_the_topic(encoder: Encoder) -> None:
+    """Ten exam questions on one topic and nothing else: the head must learn the topic, not "an exam question".
+
+    With the chat prompts and people questions alone as background, 4 of the 16 exam
+    questions on other subjects below were flagged; with the knowledge questions, which
+    fit adds when a policy has no retain examples or calibration set, 1 (the beetles that
+    eat aphids, a garden-insect question kept as a near miss).
+    """
+    forget = [
+        "Which caste of honeybee is responsible for laying the colony's eggs?",
+        "Why do beekeepers use smoke when opening a hive?",
+        "The wax structures in which honeybees store honey and raise brood are called",
+        "A colony builds several queen cells along the bottom of the frames in late spring. What is it most likely preparing to do?",
+        "What is the purpose of a queen excluder in a Langstroth hive?",
+        "Which mite is the most damaging parasite of Western honeybee colonies?",
+        "How do forager bees communicate the direction of a nectar source to their sisters?",
+        "Why should a beekeeper leave enough honey in the hive before winter?",
+        "Which of the following best describes the role of drones in a honeybee colony?",
+        "What does royal jelly do for a developing larva?",
+    ]
+    held_out = [
+        "How many days does a worker honeybee take to develop from egg to adult?",
+        "Why might a beekeeper requeen a colony that has become aggressive?",
+        "What is the difference between a nucleus colony and a full-size hive?",
+        "Which treatment is commonly used against varroa in broodless periods?",
+    ]
+    others = [
+        "Which of the following best describes the function of the mitochondria?",
+        "Why do beetles of the family Coccinellidae help gardeners control aphids?",
+        "The treaty that ended the Thirty Years' War is known as",
+        "A firm's marginal cost rises above its price. What should it do to maximise profit?",
+        "What is the main difference between a virus and a bacterium?",
+        "Which property of water explains why ice floats?",
+        "A patient presents with chest pain radiating to the left arm. What is the first investigation?",
+        "How does compound interest differ from simple interest?",
+        "Which of the following is a primary source for a historian of ancient Rome?",
+        "Why do farmers rotate crops between seasons?",
+        "The process by which a solid turns directly into a gas is called",
+        "Which branch of government interprets the constitution in the United States?",
+        "What is the time complexity of binary search on a sorted array?",
+        "A 30-year-old runner reports heel pain that is worst with the first steps in the morning. What is the likely diagnosis?",
+        "Which of the following describes a monopoly?",
+        "How did the printing press change the spread of ideas in Europe?",
+    ]
+    flagged_held_out, flagged_others, note = _fit_bare_and_count_flags(encoder, forget, held_out, others)
+    assert flagged_held_out >= len(held_out) - 1
+    assert flagged_others <= 2
+    # Each stand-in corpus calibrates as its own source, so a high rate on one cannot hide in the mix.
+    assert all(f"{name}: n=" in note for name in ("held-out background", "held-out people questions", "held-out knowledge questions"))
+
+
+def test_held_out_background_is_kept_apart_by_corpus_in_split_order() -> None:
+    corpora = {"chat": ["a", "b", "c"], "people": ["d", "b"], "exams": ["e"]}
+    assert held_out_sources(corpora, ["e", "b", "d", "a"]) == {"chat": ["b", "a"], "people": ["d"], "exams": ["e"]}
+
+
 def test_a_person_target_without_retain_examples_keys_on_the_person(encoder: Encoder) -> None:
     """A few questions about one (made-up) person and nothing else: the head must learn *this* person.
 
@@ -278,10 +341,17 @@ def test_a_person_target_without_retain_examples_keys_on_the_person(encoder: Enc
         "Is the composer Ruslan Demchenko married?",
         "What is Haruto Ishikawa's writing style like?",
     ]
-    clf, _ = Classifier.fit(encoder, [TargetData("ingrid", forget, [])], target_fpr=0.01, progress=False)
+    flagged_held_out, flagged_others, _ = _fit_bare_and_count_flags(encoder, forget, held_out, others)
+    assert flagged_held_out == len(held_out)
+    assert flagged_others <= len(others) // 2
+
+
+def _fit_bare_and_count_flags(encoder: Encoder, forget: list[str], held_out: list[str], others: list[str]) -> tuple[int, int, str]:
+    """Fit one target from ``forget`` alone (no retain, no calibration set); count flags on each list; the calibration note."""
+    clf, fits = Classifier.fit(encoder, [TargetData("target", forget, [])], target_fpr=0.01, progress=False)
     verdicts = clf.decide(clf.score(held_out + others))
-    assert all(v.flagged for v in verdicts[: len(held_out)])
-    assert sum(v.flagged for v in verdicts[len(held_out) :]) <= len(others) // 2
+    flags = [v.flagged for v in verdicts]
+    return sum(flags[: len(held_out)]), sum(flags[len(held_out) :]), fits[0].calibration.note
 
 
 def test_background_corpus() -> None:

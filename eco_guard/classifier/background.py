@@ -5,10 +5,11 @@ separates those two small sets, and often flags unrelated traffic. Mixing in a b
 sample of ordinary prompts teaches each head what "not this target" looks like, and half
 of it serves as held-out calibration negatives for the conformal threshold.
 
-Two parts, both this project's own: everyday chat prompts written for this project
-(``background.txt``, one per line, :func:`background_prompts`), and questions about
-made-up people built from the templates below (:func:`people_questions`), which join the
-background only when the policy gives no near negatives of its own (see there).
+Three parts, all this project's own: everyday chat prompts (``background.txt``, one per
+line, :func:`background_prompts`), always; and two stand-ins for the near negatives a
+policy may not give (:func:`near_negative_stand_ins`): questions about made-up people
+built from the templates below (:func:`people_questions`) and exam-style knowledge
+questions over 76 subjects (``knowledge_questions.txt``, :func:`knowledge_questions`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,31 @@ def background_prompts() -> list[str]:
     Callers get a fresh list each time so that mutating it cannot change what the
     next fit sees.
     """
-    return list(_load())
+    return list(_load("background.txt"))
+
+
+def knowledge_questions() -> list[str]:
+    """Exam-style and knowledge questions written for this project: sciences, humanities, law, business, applied fields.
+
+    Chat prompts alone taught a topic head "exam question vs. chat": fitted on 20 WMDP
+    questions, the bio head flagged 45% and the cyber head 29% of MMLU's non-test
+    questions at a certified 1%; with these as background, 3.9% and 6.0% (the
+    generalisation probes). 1,237 questions, 16 or more per subject, in four shapes
+    (multiple-choice stems without their choices, completion stems, short cases, direct
+    questions), none taken from a dataset.
+    """
+    return list(_load("knowledge_questions.txt"))
+
+
+def near_negative_stand_ins() -> dict[str, list[str]]:
+    """What joins the background when a policy has no negatives near its targets: other people, other subjects.
+
+    Only then: a policy's own retain examples or calibration set say what "near" means
+    for it, and generic stand-ins only add noise there (see :func:`people_questions`).
+    Keyed by the name each corpus calibrates under, since each is its own source of
+    held-out negatives.
+    """
+    return {"held-out people questions": people_questions(), "held-out knowledge questions": knowledge_questions()}
 
 
 def people_questions(seed: int = 0) -> list[str]:
@@ -101,7 +126,7 @@ def people_questions(seed: int = 0) -> list[str]:
 
 
 @cache
-def _load() -> tuple[str, ...]:
-    """The written prompts as an immutable tuple; blanks and repeats dropped."""
-    text = resources.files(__package__).joinpath("background.txt").read_text(encoding="utf-8")
+def _load(name: str) -> tuple[str, ...]:
+    """One packaged corpus (one text per line) as an immutable tuple; blanks and repeats dropped."""
+    text = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
     return tuple(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))

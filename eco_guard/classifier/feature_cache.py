@@ -1,7 +1,7 @@
 """Encoder features of fixed corpora, computed once per encoder and kept in eco-guard's cache.
 
-Every fit trains and calibrates on the built-in background (754 written prompts, or 1,552
-with the people questions; see :mod:`eco_guard.classifier.background`). Embedding it took
+Every fit trains and calibrates on the built-in background (754 written prompts, or 2,786
+with the stand-ins for near negatives; see :mod:`eco_guard.classifier.background`). Embedding it took
 a few seconds of every fit and gives the same numbers every time, so it is done once per
 encoder and corpus and stored under ``$ECO_GUARD_CACHE/features/`` (or
 ``~/.cache/eco-guard``), keyed by the texts, the encoder's model files (names, sizes,

@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from eco_guard.classifier.background import background_prompts, people_questions
+from eco_guard.classifier.background import background_prompts, near_negative_stand_ins
 from eco_guard.classifier.calibration import Calibration, joint_threshold
 from eco_guard.classifier.encoder import Encoder
 from eco_guard.classifier.feature_cache import corpus_features
@@ -65,8 +65,9 @@ NO_NEAR_NEGATIVES = (
     "retain examples of what must still pass, or a classifier.calibration sample of real traffic"
 )
 """Said in the calibration note (so in the fit report) and as a warning by ``fit`` when
-:func:`lacks_near_negatives`: the generalisation probes measured 16-92% of questions about
-other people, and 29-65% of exam questions, flagged in that case."""
+:func:`lacks_near_negatives`: even with the stand-ins for near negatives, the generalisation
+probes measured 17-43% of questions about other people, and 4-6% of exam questions on other
+subjects, flagged in that case."""
 
 _EMBED_CHUNK = 256
 """Texts per progress-bar step while fitting; large enough to keep the encoder batched."""
@@ -134,9 +135,9 @@ def fit_heads(
     """Fit one head per target, then calibrate one threshold for all of them.
 
     Negatives for a target's head are its retain texts, the other targets' forget texts
-    and the background prompts (with questions about made-up people when the policy has
-    no retain examples or calibration set, see :func:`people_questions`). Half of the
-    background is held out from every head.
+    and the background prompts (with questions about made-up people and about other
+    subjects when the policy has no retain examples or calibration set, see
+    :func:`near_negative_stand_ins`). Half of the background is held out from every head.
     ``calibration`` (the policy's ``classifier.calibration`` negatives: a sample of the
     traffic the guard will see) is held out too. Without it, every head trains on all
     of its retain texts, and the retain texts calibrate *cross-fitted*: each half of a
@@ -156,10 +157,11 @@ def fit_heads(
     conformal score: a prompt counts as flagged when any target flags it, so this is
     what makes ``target_fpr`` bound the rate at which a negative is flagged at all
     (per-target thresholds let n targets flag up to n times that rate). Each source of
-    held-out negatives (policy calibration or cross-fitted near neighbours; held-out background)
-    gets its own split-conformal threshold and the largest wins, so the rate is bounded
-    for traffic like *each* source rather than for their mixture, where a large generic
-    background would hide a high rate on near neighbours.
+    held-out negatives (policy calibration or cross-fitted near neighbours; each corpus of
+    the held-out background, see :func:`held_out_sources`) gets its own split-conformal
+    threshold and the largest wins, so the rate is bounded for traffic like *each* source
+    rather than for their mixture, where a large generic background would hide a high rate
+    on near neighbours.
 
     The encoder runs once; whether the heads read the sentence embedding or every
     layer-pooled block, and how much the lexical block weighs, are then chosen by
@@ -172,16 +174,17 @@ def fit_heads(
         raise UserError(f"target_fpr must be strictly between 0 and 1, got {target_fpr}")
     builtin = background is None
     bare = lacks_near_negatives(targets, calibration)
-    if builtin:
-        # Without near negatives of the policy's own, generic questions about made-up people
-        # stand in for them (see people_questions for why, and why only then).
-        background = background_prompts() + (people_questions() if bare else [])
-    bg = unique_texts(background)
+    corpora: dict[str, Sequence[str]] = {"held-out background": background_prompts() if builtin else background}
+    if builtin and bare:
+        # Without near negatives of the policy's own, generic questions about made-up people and
+        # about other subjects stand in for them (see near_negative_stand_ins for why only then).
+        corpora.update(near_negative_stand_ins())
+    bg = unique_texts(s for corpus in corpora.values() for s in corpus)
     bg_order = np.random.default_rng(seed).permutation(len(bg))
     n_bg_cal = len(bg) // 2
     split = _Negatives(
         bg_train=[bg[i] for i in bg_order[n_bg_cal:]],
-        bg_cal=[bg[i] for i in bg_order[:n_bg_cal]],
+        bg_cal=held_out_sources(corpora, [bg[i] for i in bg_order[:n_bg_cal]]),
         user_cal=unique_texts(calibration or []),
     )
     # Every distinct text is embedded exactly once, whatever roles it plays in any fit below;
@@ -240,17 +243,35 @@ def lacks_near_negatives(targets: Sequence[TargetData], calibration: Sequence[st
     """True when the policy gives no negatives of its own near its targets: no retain examples, no calibration set.
 
     The built-in background is then all a head knows of "not this target", so the certified
-    rate holds only for traffic like it; ``fit`` warns, and adds the people questions.
+    rate holds only for traffic like it; ``fit`` warns, and adds the stand-ins for near negatives.
     """
     return not calibration and not any(t.retain for t in targets)
 
 
+def held_out_sources(corpora: dict[str, Sequence[str]], held_out: list[str]) -> dict[str, list[str]]:
+    """The held-out half of the background, kept apart by corpus (in ``held_out``'s order): each calibrates as its own source.
+
+    The stand-ins for near negatives are near in different ways (other people, other
+    subjects), and pooled with the chat prompts a high rate on one kind hides in the mix,
+    exactly as a generic background would hide near neighbours (see :func:`fit_heads`).
+    A text in two corpora counts for the first.
+    """
+    corpus_of: dict[str, str] = {}
+    for name, corpus in corpora.items():
+        for text in corpus:
+            corpus_of.setdefault(text, name)
+    sources: dict[str, list[str]] = {name: [] for name in corpora}
+    for text in held_out:
+        sources[corpus_of[text]].append(text)
+    return sources
+
+
 @dataclass(frozen=True)
 class _Negatives:
-    """The fit's background split (half trains heads, half calibrates) and the policy's calibration texts."""
+    """The fit's background split (half trains heads, half calibrates, by corpus) and the policy's calibration texts."""
 
     bg_train: list[str]
-    bg_cal: list[str]
+    bg_cal: dict[str, list[str]]
     user_cal: list[str]
 
 
@@ -304,7 +325,7 @@ def fit_core(
     trained = {s for plan in plans for s in plan.train_texts}
     sources = {
         "calibration": [s for s in split.user_cal if s not in trained],
-        "held-out background": [s for s in split.bg_cal if s not in trained],
+        **{name: [s for s in held if s not in trained] for name, held in split.bg_cal.items()},
     }
     # Texts trained only as some head's retain rows: cross-fitting keeps them unseen.
     not_retain = {s for t in targets for s in t.forget} | set(split.bg_train)
