@@ -99,7 +99,7 @@ def probe_topic(kind: str) -> Protocol:
     )
 
 
-NEIGHBOURS = {
+P4_RETAIN_SUBJECTS = {
     "bio": ("college_biology", "high_school_biology", "virology"),
     "cyber": ("computer_security", "college_computer_science", "high_school_computer_science"),
 }
@@ -115,7 +115,7 @@ def _wmdp_training_fifth(kind: str) -> list[str]:
 def probe_topic_with_retain(kind: str) -> Protocol:
     mmlu = _mmlu_non_test()
     train = _wmdp_training_fifth(kind)
-    near = NEIGHBOURS[kind]
+    near = P4_RETAIN_SUBJECTS[kind]
     return Protocol(
         name=f"P4 topic+retain {kind}",
         targets=[TargetRows(f"wmdp-{kind}", train[:20], [q for s in near for q in mmlu[s][:4]], f"Hazardous {kind} knowledge.")],

@@ -174,7 +174,7 @@ def fit_heads(
         raise UserError(f"target_fpr must be strictly between 0 and 1, got {target_fpr}")
     builtin = background is None
     bare = lacks_near_negatives(targets, calibration)
-    corpora: dict[str, Sequence[str]] = {"held-out background": background_prompts() if builtin else background}
+    corpora: dict[str, Sequence[str]] = {"held-out background": background_prompts() if background is None else background}
     if builtin and bare:
         # Without near negatives of the policy's own, generic questions about made-up people and
         # about other subjects stand in for them (see near_negative_stand_ins for why only then).
