@@ -85,9 +85,9 @@ def knowledge_questions() -> list[str]:
     questions, the bio head flagged 45% and the cyber head 29% of MMLU's non-test
     questions at a certified 1%; with these as background, 3.9% and 6.0%, and 3.4% and
     2.4% once they also calibrate as a source of their own (the generalisation probes;
-    recall fell from 0.99 / 0.93 to 0.86 / 0.86). 1,237 questions, 16 or more per subject, in four shapes
-    (multiple-choice stems without their choices, completion stems, short cases, direct
-    questions), none taken from a dataset.
+    recall fell from 0.99 / 0.93 to 0.86 / 0.86). 1,237 questions, 16 or more per subject,
+    in four shapes (multiple-choice stems without their choices, completion stems, short
+    cases, direct questions), none taken from a dataset.
     """
     return list(_load("knowledge_questions.txt"))
 

@@ -1,14 +1,14 @@
 """Encoder features of fixed corpora, computed once per encoder and kept in eco-guard's cache.
 
 Every fit trains and calibrates on the built-in background (754 written prompts, or 2,786
-with the stand-ins for near negatives; see :mod:`eco_guard.classifier.background`). Embedding it took
-a few seconds of every fit and gives the same numbers every time, so it is done once per
-encoder and corpus and stored under ``$ECO_GUARD_CACHE/features/`` (or
+with the stand-ins for near negatives; see :mod:`eco_guard.classifier.background`).
+Embedding it took a few seconds of every fit and gives the same numbers every time, so it is
+done once per encoder and corpus and stored under ``$ECO_GUARD_CACHE/features/`` (or
 ``~/.cache/eco-guard``), keyed by the texts, the encoder's model files (names, sizes,
-mtimes), its feature layers, precision and runtime. Only the built-in corpora are cached,
-so the cache stays bounded. The stored array is exactly the computed one, so fitting the
-same policy twice gives byte-identical heads whether or not the cache was warm. A cache
-that cannot be written (read-only home) only costs time."""
+mtimes), its feature layers, precision and runtime. Only the built-in corpora are cached, so
+the cache stays bounded. The stored array is exactly the computed one, so fitting the same
+policy twice gives byte-identical heads whether or not the cache was warm. A cache that
+cannot be written (read-only home) only costs time."""
 
 from __future__ import annotations
 
