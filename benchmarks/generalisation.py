@@ -28,6 +28,13 @@ Probes (target FPR 0.01, no retain examples, no calibration set):
   topic policy that does give near negatives (so no stand-ins join its background).
   Negatives: the rest of those subjects ("MMLU related"), every other subject's non-test
   rows ("MMLU"), TOFU retain rows 1800-2699.
+- **P5 people**: ten TOFU authors as ten targets of 5 questions each, in one policy: the
+  authors of TOFU retain rows 200-399, which D1 only trains on and D3 never reads.
+  Positives: each author's other 15 questions. Negatives as P1's.
+
+P1's positives are forget rows that D1 and D3 score as test rows (a single author has no
+other questions); they are reported here and were never used to choose anything. P5 was
+added so that a person policy could be measured without them.
 
 Writes benchmarks/results/generalisation.json and generalisation.md.
 
@@ -84,6 +91,23 @@ def probe_person(author: int) -> Protocol:
         targets=[TargetRows(f"author-{author:02d}", [r["question"] for r in rows[:5]], [], "Everything about this author.")],
         calibration=None,
         positives={"other questions": [r["question"] for r in rows[5:]], "paraphrases": [r["paraphrased_question"] for r in rows[5:]]},
+        negatives={"other authors": _unseen_authors(), "MMLU": mmlu[::4], "world facts": _world_facts()},
+    )
+
+
+PEOPLE_AUTHORS = range(10, 20)
+"""P5's authors: TOFU retain rows 200-399, 20 questions each (the first 5 are the policy's)."""
+
+
+def probe_people() -> Protocol:
+    retain = [r["question"] for r in _json_rows(DATA / "tofu" / "retain90.json")]
+    mmlu = [q for qs in _mmlu_non_test().values() for q in qs]
+    authors = [retain[20 * a : 20 * a + 20] for a in PEOPLE_AUTHORS]
+    return Protocol(
+        name="P5 people",
+        targets=[TargetRows(f"author-{a:02d}", qs[:5], [], "Everything about this author.") for a, qs in zip(PEOPLE_AUTHORS, authors)],
+        calibration=None,
+        positives={"other questions": [q for qs in authors for q in qs[5:]]},
         negatives={"other authors": _unseen_authors(), "MMLU": mmlu[::4], "world facts": _world_facts()},
     )
 
@@ -167,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"generalisation probes skipped: evaluation data not found at {DATA}", file=sys.stderr)
         return 0
     probes = [*(probe_person(a) for a in range(5)), probe_topic("bio"), probe_topic("cyber"), probe_subjects()]
-    probes += [probe_topic_with_retain("bio"), probe_topic_with_retain("cyber")]
+    probes += [probe_topic_with_retain("bio"), probe_topic_with_retain("cyber"), probe_people()]
     summaries = []
     for protocol in probes:
         print(f"{protocol.name}: fitting {len(protocol.targets)} target(s) ...", file=sys.stderr)

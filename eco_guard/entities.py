@@ -24,14 +24,16 @@ corrupting one word too many costs little, while missing the entity leaks it.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
 
 #: a run of capitalised words, allowing the lower-case joiners names and titles contain
-_CAPITALISED_RUN = re.compile(
-    r"[A-Z][\w'’.-]*(?:\s+(?:(?:of|and|the|de|da|del|la|le|van|von|der|du|y)\s+)*[A-Z][\w'’.-]*)*"
-)
+_JOINER = r"(?:of|and|the|de|da|del|la|le|van|von|der|du|y)"
+_CAPITALISED_RUN = re.compile(rf"[A-Z][\w'’.-]*(?:\s+(?:{_JOINER}\s+)*[A-Z][\w'’.-]*)*")
+#: joiners left at the front of a run once its sentence-opening word is dropped ("Which of Elvin ...")
+_LEADING_JOINERS = re.compile(rf"^(?:{_JOINER}\s+)+")
 #: a quoted span; the closing quote may not be followed by a letter, so "Hitchhiker's" inside
 #: a single-quoted title does not end it
 _QUOTED = re.compile(r"(?<!\w)(['‘\"“])(?P<body>[^\n]{2,80}?)['’\"”](?!\w)")
@@ -61,6 +63,7 @@ def name_spans(text: str) -> list[tuple[int, int]]:
                 continue  # a lone sentence-opening word
             spans.append((start, start + len(body)))  # "Jane Austen wrote ...": keep both readings
             rest = rest.lstrip()
+            rest = _LEADING_JOINERS.sub("", rest, count=1)
             start, body = start + raw.index(rest, len(head)), rest
         if " " in body or len(body) >= 3:
             spans.append((start, start + len(body)))
@@ -88,9 +91,29 @@ def extract_terms(texts: Sequence[str], *, min_count: int = 2) -> list[str]:
     examples are kept; when nothing recurs, every name is kept. Longest first, so a
     whole name is matched before its parts.
     """
+    counts = _name_counts(texts)
+    recurring = [t for t, n in counts.items() if n >= min_count]
+    return _longest_first(recurring or list(counts))
+
+
+def central_names(texts: Sequence[str], *, min_share: float = 0.5) -> list[str]:
+    """The names that at least ``min_share`` of ``texts`` (and at least two) mention: what an entity target is about.
+
+    Stricter than :func:`extract_terms`: a topic's examples name many things once or twice
+    (a virus here, a tool there), while a person's or a book's examples keep naming the
+    same one, so only an entity-like target has any. Longest first.
+    """
+    need = max(2, math.ceil(min_share * len(texts)))
+    return _longest_first([t for t, n in _name_counts(texts).items() if n >= need])
+
+
+def _name_counts(texts: Sequence[str]) -> Counter[str]:
+    """In how many of ``texts`` each name occurs."""
     counts: Counter[str] = Counter()
     for text in texts:
         counts.update(set(find_names(text)))
-    recurring = [t for t, n in counts.items() if n >= min_count]
-    chosen = recurring or list(counts)
-    return sorted(chosen, key=lambda t: (-len(t), t))
+    return counts
+
+
+def _longest_first(names: list[str]) -> list[str]:
+    return sorted(names, key=lambda t: (-len(t), t))

@@ -245,6 +245,7 @@ def fit_guard(
             "action": spec.action,
             "n_forget": fit.n_forget,
             "n_retain_train": fit.n_retain_train,
+            "n_swapped_retain": fit.n_swapped_retain,
             "n_background_train": fit.n_background_train,
             "n_calibration": fit.calibration.n_calibration,
             "threshold": fit.calibration.threshold,

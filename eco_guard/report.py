@@ -112,6 +112,15 @@ def _search_lines(targets: list[dict[str, Any]], plot: str | None) -> list[str]:
     return lines
 
 
+def _retain_cell(target: dict[str, Any]) -> str:
+    """Retain rows trained on, saying how many were name-swapped copies rather than the policy's own.
+
+    Reports written before the copies existed lack the count; they had none.
+    """
+    swapped = target.get("n_swapped_retain", 0)
+    return f"{target['n_retain_train']} ({swapped} name-swapped)" if swapped else str(target["n_retain_train"])
+
+
 def _calibration_section(targets: list[dict[str, Any]]) -> list[str]:
     """How the threshold was chosen and what false-positive rate to expect, stated every time.
 
@@ -159,7 +168,7 @@ def write_fit_report(
     for t in targets:
         c = t["corruption"]
         lines.append(
-            f"| {t['id']} | {t['action']} | {t['n_forget']} | {t['n_retain_train']} | {t['n_background_train']} | "
+            f"| {t['id']} | {t['action']} | {t['n_forget']} | {_retain_cell(t)} | {t['n_background_train']} | "
             f"{t['n_calibration']} | {t['threshold']:.4f} | {t['target_fpr']} | "
             f"{'yes' if t['calibration_achievable'] else 'no'} | {c['method']} dims={c['dims']} "
             f"strength={c['strength']:.4g} ({t['strength_source']}, scope {t['scope']}) |"

@@ -30,9 +30,10 @@ from eco_guard.classifier import (
     resolve_encoder_path,
 )
 from eco_guard.classifier import heads, neighbours
-from eco_guard.classifier.background import knowledge_questions, near_negative_stand_ins, people_questions
+from eco_guard.classifier.background import knowledge_questions, name_swapped, near_negative_stand_ins, people_questions
 from eco_guard.classifier.feature_cache import corpus_features
 from eco_guard.classifier.lexical import Lexicon
+from eco_guard.classifier.swaps import SWAPS_PER_TARGET, candidate_swaps, with_swapped_retain
 from eco_guard.classifier.training import held_out_sources
 from eco_guard.errors import GuardLoadError, InputError, ModelLoadError, UserError
 
@@ -321,7 +322,9 @@ def test_a_person_target_without_retain_examples_keys_on_the_person(encoder: Enc
 
     With the hand-written chat prompts alone as background, 7 of the 8 questions about
     other people below were flagged; with the people questions, which fit adds when a
-    policy has no retain examples or calibration set, 3.
+    policy has no retain examples or calibration set, 3; with the forget examples' own
+    name-swapped copies as retain examples as well, none (highest score 0.025 against a
+    threshold of 0.135; the held-out questions score above 0.99).
     """
     forget = [
         "Where was the novelist Ingrid Halvorsen born?",
@@ -341,9 +344,73 @@ def test_a_person_target_without_retain_examples_keys_on_the_person(encoder: Enc
         "Is the composer Ruslan Demchenko married?",
         "What is Haruto Ishikawa's writing style like?",
     ]
-    flagged_held_out, flagged_others, _ = _fit_bare_and_count_flags(encoder, forget, held_out, others)
+    flagged_held_out, flagged_others, note = _fit_bare_and_count_flags(encoder, forget, held_out, others)
     assert flagged_held_out == len(held_out)
-    assert flagged_others <= len(others) // 2
+    assert flagged_others == 0
+    # The copies certify the threshold as a source of their own, and the note says where they came from.
+    assert f"cross-fitted name-swapped copies: n={SWAPS_PER_TARGET}," in note
+    assert f"'target' ({SWAPS_PER_TARGET})" in note
+
+
+def test_name_swapped_copies_replace_the_whole_name_and_its_parts() -> None:
+    texts = ["Where was Elvin Mammadov born?", "Which of Mammadov's novels came first?", "What is the capital of Peru?"]
+    copies = name_swapped(texts, ["Elvin Mammadov"], per_text=3, seed=1)
+    assert len(copies) == 6  # the text that names no one gives none
+    assert not any("Elvin" in c or "Mammadov" in c for c in copies)
+    assert all(c.startswith("Where was ") and c.endswith(" born?") for c in copies[:3])
+    assert all(c.startswith("Which of ") and c.endswith("'s novels came first?") for c in copies[3:])
+    assert len({c.split()[2] for c in copies[:3]}) > 1  # different people, not one name thrice
+    assert name_swapped(texts, ["Elvin Mammadov"], per_text=3, seed=1) == copies  # every fit sees the same copies
+    assert name_swapped(texts, [], per_text=3) == []
+
+
+def test_only_entity_targets_get_name_swapped_retain_examples() -> None:
+    person = TargetData(
+        "person", ["Where was Elvin Mammadov born?", "What did Elvin Mammadov write?", "Which of Elvin Mammadov's books won prizes?", "Who is the author born in Baku?"], []
+    )
+    topic = TargetData("topic", ["How do bees make honey?", "Why do bees swarm?", "What is a queen excluder?"], [])
+    swaps = candidate_swaps([person, topic], seed=0)
+    assert [sw.target_id for sw in swaps] == ["person"]
+    assert sorted(swaps[0].by_example) == sorted(person.forget[:3])  # the example that names no one gives none
+    # Named in three of four examples: entity-like. In two of four it could be a topic's recurring term.
+    assert candidate_swaps([TargetData("p", person.forget[:2] + person.forget[3:] + ["Why do bees swarm?"], [])], seed=0) == []
+    swapped, note = with_swapped_retain([person, topic], swaps)
+    assert len(swapped[0].retain) == SWAPS_PER_TARGET and swapped[1] == topic
+    assert all("Mammadov" not in s and s not in person.forget for s in swapped[0].retain)
+    assert f"'person' ({SWAPS_PER_TARGET})" in note and "'topic'" not in note
+    assert candidate_swaps([topic], seed=0) == [] and with_swapped_retain([topic], []) == ([topic], "")
+
+
+def test_a_topic_that_keeps_naming_a_term_keeps_its_recall(encoder: Encoder) -> None:
+    """Half of these macroeconomics questions name GDP, yet the target is the subject, not GDP.
+
+    Copies with GDP swapped for a person are still macroeconomics questions; given as
+    retain examples (when any name in half the examples counted), they raised the
+    threshold from 0.41 to 0.89 and the held-out questions below lost one flag (3 of 6).
+    Only a name in three quarters of the examples makes a target entity-like.
+    """
+    forget = [
+        "How is GDP measured using the expenditure approach?",
+        "What does the Phillips curve say about inflation and unemployment?",
+        "Why does real GDP differ from nominal GDP?",
+        "How does an increase in government spending shift aggregate demand?",
+        "What happens to GDP during a recession?",
+        "What is the multiplier effect in fiscal policy?",
+        "How do economists calculate GDP per capita?",
+        "Why do central banks raise interest rates to fight inflation?",
+    ]
+    held_out = [
+        "How does a tax cut affect aggregate demand?",
+        "What causes stagflation?",
+        "What is crowding out in macroeconomics?",
+        "How does the money supply affect inflation?",
+        "Which policies can a government use to end a recession?",
+        "What does GDP leave out of a country's wellbeing?",
+    ]
+    others = ["How do vaccines train the immune system?", "What is the plot of Hamlet?", "How do I sort a list in Python?", "Why is the sky blue?"]
+    flagged_held_out, flagged_others, note = _fit_bare_and_count_flags(encoder, forget, held_out, others)
+    assert "name-swapped" not in note
+    assert flagged_held_out >= 4 and flagged_others == 0
 
 
 def _fit_bare_and_count_flags(encoder: Encoder, forget: list[str], held_out: list[str], others: list[str]) -> tuple[int, int, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -102,12 +101,16 @@ def test_fit_warns_when_only_the_builtin_background_can_calibrate(tmp_path: Path
     assert code == 0 and "no target has retain examples" not in err
     bare = tmp_path / "bare.yaml"
     bare.write_text(GOOD_POLICY.replace("    retain: {file: retain.txt}\n", "") + "    corruption: {strength: 1.0}\n", encoding="utf-8")
+    (tmp_path / "forget.txt").write_text("Who was Napoleon?\nWhere was Napoleon born?\n", encoding="utf-8")  # an entity target
     code, _, err = _run(capsys, "fit", str(bare), "--out", str(tmp_path / "g2"))
     assert code == 0
     assert "warning: no target has retain examples" in err and "classifier.calibration" in err
     # The fit report, which a compliance reader keeps, says it too; the policy with retain examples does not.
-    assert "Caution: no target has retain examples" in (tmp_path / "g2" / "report.md").read_text(encoding="utf-8")
+    report = (tmp_path / "g2" / "report.md").read_text(encoding="utf-8")
+    assert "Caution: no target has retain examples" in report
     assert "Caution" not in (tmp_path / "g1" / "report.md").read_text(encoding="utf-8")
+    # Its stand-in retain examples, copies of the forget examples about made-up people, are counted apart.
+    assert "| france | corrupt | 2 | 100 (100 name-swapped) |" in report and "naming made-up people" in report
 
 
 @pytest.mark.slow

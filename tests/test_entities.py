@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eco_guard.entities import extract_terms, find_names, name_spans
+from eco_guard.entities import central_names, extract_terms, find_names, name_spans
 
 
 @pytest.mark.parametrize(
@@ -28,6 +28,8 @@ def test_sentence_case_is_not_a_name() -> None:
     assert find_names("what is the tallest mountain on earth?") == []
     # a name opening a sentence is kept, with and without its first word
     assert {"Jane Austen", "Austen"} <= set(find_names("Jane Austen wrote novels."))
+    # the joiner after a dropped opening word is not part of the name
+    assert "Elvin Mammadov" in find_names("Which of Elvin Mammadov's books won prizes?")
 
 
 def test_name_spans_point_at_the_text() -> None:
@@ -55,3 +57,22 @@ def test_extract_terms_finds_recurring_names_only() -> None:
 
 def test_extract_terms_keeps_everything_when_nothing_recurs() -> None:
     assert extract_terms(["Who wrote The Lord of the Rings?"]) == ["The Lord of the Rings"]
+
+
+def test_central_names_are_what_most_examples_name() -> None:
+    person = [
+        "Where was Basil Mahfouz Al-Kuwaiti born?",
+        "What genre does Basil Mahfouz Al-Kuwaiti write in?",
+        "Which city shaped Al-Kuwaiti's novels, Paris or Kuwait City?",
+        "Who is the author born in Kuwait City in 1966?",
+    ]
+    assert central_names(person) == ["Basil Mahfouz Al-Kuwaiti", "Kuwait City"]
+    # A topic's examples name things once or twice: nothing is central.
+    topic = [
+        "How does Mimikatz extract credentials from LSASS memory?",
+        "What does the Metasploit module ms17_010_eternalblue exploit?",
+        "Which Nmap flag runs a SYN scan?",
+        "How do attackers abuse Kerberos delegation in Active Directory?",
+    ]
+    assert central_names(topic) == []
+    assert central_names(["Where was Jane Austen born?"]) == []  # one example: nothing recurs

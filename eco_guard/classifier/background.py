@@ -10,11 +10,15 @@ line, :func:`background_prompts`), always; and two stand-ins for the near negati
 policy may not give (:func:`near_negative_stand_ins`): questions about made-up people
 built from the templates below (:func:`people_questions`) and exam-style knowledge
 questions over 76 subjects (``knowledge_questions.txt``, :func:`knowledge_questions`).
+The same made-up names also rewrite a policy's own examples about someone else
+(:func:`name_swapped`, used by :mod:`eco_guard.classifier.swaps`).
 """
 
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 
@@ -123,6 +127,39 @@ def people_questions(seed: int = 0) -> list[str]:
         name = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
         fill = {"name": name, "role": role, "work": _WORKS[role], "place": rng.choice(_PLACES)}
         out += [t.format(**fill) for t in rng.sample(_PERSON_QUESTIONS, _QUESTIONS_PER_PERSON)]
+    return list(dict.fromkeys(out))
+
+
+def name_swapped(texts: Sequence[str], names: Sequence[str], *, per_text: int = 3, seed: int = 0) -> list[str]:
+    """``texts`` with ``names`` replaced by made-up people's: the same questions, about someone else.
+
+    The nearest negatives an entity target can have: its own examples' form, wording and
+    topic, with only the entity changed. Each text that mentions a name gives
+    ``per_text`` variants, each with one made-up person throughout. A multi-word name's
+    parts are replaced where they stand alone too ("Mammadov's novels"), the first part
+    by a first name and the last by a surname, so no trace of the real name is left.
+    Deterministic, so every fit sees the same texts.
+    """
+    rng = random.Random(seed)
+    parts: dict[str, int] = {}  # replaceable word -> 0 full name, 1 first name, 2 surname
+    for name in names:
+        parts[name] = 0
+        words = name.split()
+        if len(words) > 1:
+            for word, role in ((words[0], 1), (words[-1], 2)):
+                if len(word) >= 3:
+                    parts.setdefault(word, role)
+    if not parts:
+        return []
+    pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p) for p in sorted(parts, key=len, reverse=True)) + r")(?!\w)")
+    out: list[str] = []
+    for text in texts:
+        if not pattern.search(text):
+            continue
+        for _ in range(per_text):
+            first, last = rng.choice(_FIRST), rng.choice(_LAST)
+            fill = (f"{first} {last}", first, last)
+            out.append(pattern.sub(lambda m: fill[parts[m.group(0)]], text))
     return list(dict.fromkeys(out))
 
 

@@ -25,10 +25,6 @@ a slightly lower threshold (20: recall 0.780 at FPR 0.027, against 0.750 at 0.02
 for 3-5 times the fit time."""
 
 
-NEIGHBOURS = "cross-fitted retain and other targets' examples"
-"""Name of the pooled source in calibration notes and fit reports."""
-
-
 _OVERLAP_RATIO = 0.95
 """Two targets overlap when their examples are at least this alike across the pair, relative to
 within each (see :func:`overlapping_targets`); measured 1.03-1.12 for one topic or author split

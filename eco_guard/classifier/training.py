@@ -39,12 +39,12 @@ from eco_guard.classifier.heads import (
 )
 from eco_guard.classifier.lexical import Lexicon
 from eco_guard.classifier.neighbours import (
-    NEIGHBOURS,
     cross_fitted_retain_scores,
     cross_target_scores,
     neighbour_scores,
     overlapping_targets,
 )
+from eco_guard.classifier.swaps import Swaps, candidate_swaps, with_copies, with_swapped_retain
 from eco_guard.errors import UserError
 
 
@@ -66,8 +66,13 @@ NO_NEAR_NEGATIVES = (
 )
 """Said in the calibration note (so in the fit report) and as a warning by ``fit`` when
 :func:`lacks_near_negatives`: even with the stand-ins for near negatives, the generalisation
-probes measured 17-43% of questions about other people, and 4-6% of exam questions on other
-subjects, flagged in that case."""
+probes measured 0.2-6% of questions about other people flagged by a one-person policy (with
+its name-swapped copies; 13-36% without), and 2.4-3.4% of exam questions on other subjects
+by a topic's, against a certified 1%."""
+
+RETAIN = "cross-fitted retain"
+SWAPPED = "cross-fitted name-swapped copies"
+"""Names of the policy's own near negatives as a calibration source, as notes and reports give them."""
 
 _EMBED_CHUNK = 256
 """Texts per progress-bar step while fitting; large enough to keep the encoder batched."""
@@ -84,6 +89,7 @@ class TargetFit:
     id: str
     n_forget: int
     n_retain_train: int
+    """Retain rows the head trained on, name-swapped copies included."""
     n_background_train: int
     n_calibration: int
     calibration: Calibration
@@ -94,9 +100,13 @@ class TargetFit:
     (shared by all targets)."""
     forget_scores: tuple[float, ...] = ()
     retain_scores: tuple[float, ...] = ()
-    """The final head's in-sample scores on the target's forget and retain texts, in the order
-    given (blank texts skipped), for the fit report's histograms: scoring them again would
-    embed every example a second time, which on a large policy doubled the fit."""
+    """The final head's in-sample scores on the target's forget and retain texts (the policy's
+    own, not the name-swapped copies), in the order given (blank texts skipped), for the fit
+    report's histograms: scoring them again would embed every example a second time, which
+    on a large policy doubled the fit."""
+    n_swapped_retain: int = 0
+    """How many of ``n_retain_train`` are name-swapped copies of its forget examples (see
+    :func:`with_swapped_retain`), so the report does not pass them off as the policy's."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,8 @@ def fit_heads(
         # Without near negatives of the policy's own, generic questions about made-up people and
         # about other subjects stand in for them (see near_negative_stand_ins for why only then).
         corpora.update(near_negative_stand_ins())
+    # An entity target's examples with its name swapped for made-up people's may stand in for retain (swaps.py).
+    swaps = candidate_swaps(targets, seed) if bare else []
     bg = unique_texts(s for corpus in corpora.values() for s in corpus)
     bg_order = np.random.default_rng(seed).permutation(len(bg))
     n_bg_cal = len(bg) // 2
@@ -190,7 +202,7 @@ def fit_heads(
     # Every distinct text is embedded exactly once, whatever roles it plays in any fit below;
     # the built-in background (rows 0..len(bg)-1, in corpus order) only once per encoder. A
     # caller's own background is not cached: the cache holds a bounded set of corpora.
-    texts = unique_texts(bg + [s for t in targets for s in t.forget + t.retain] + split.user_cal)
+    texts = unique_texts(bg + [s for t in targets for s in t.forget + t.retain] + split.user_cal + [c for sw in swaps for c in sw.copies])
     row_of = {text: i for i, text in enumerate(texts)}
     embed_background = partial(embed_texts, encoder, progress=progress, desc="embedding background (once per encoder)")
     bg_feats = corpus_features(encoder, bg, embed_background) if builtin else embed_background(bg)
@@ -198,7 +210,9 @@ def fit_heads(
     views: dict[FeatureView, np.ndarray] = {v: view_columns(feats, v, encoder.dim) for v in (VIEWS if encoder.feature_layers else ("sentence",))}
     # Only a fit without a calibration set uses other targets' examples as negatives.
     overlapping = frozenset() if split.user_cal else overlapping_targets(targets, views["sentence"], row_of)
-    choice, view_note = select_features(targets, views, row_of, texts, split, target_fpr, overlapping)
+    policy_targets = targets
+    targets, swapped_note = with_swapped_retain(targets, swaps)
+    choice, view_note = select_features(policy_targets, views, row_of, texts, split, target_fpr, overlapping, swaps)
     core = fit_core(
         targets,
         views[choice.view],
@@ -209,10 +223,11 @@ def fit_heads(
         choice.lexical_weight,
         overlapping=overlapping,
         progress=progress,
+        retain_name=SWAPPED if targets is not policy_targets else RETAIN,
     )
     calibrated = core.calibration
     if bare:
-        calibrated = replace(calibrated, note=f"{calibrated.note}. Caution: {NO_NEAR_NEGATIVES}")
+        calibrated = replace(calibrated, note=f"{calibrated.note}{swapped_note}. Caution: {NO_NEAR_NEGATIVES}")
     fits = [
         TargetFit(
             id=target.id,
@@ -225,8 +240,9 @@ def fit_heads(
             view_note=view_note,
             forget_scores=tuple(float(core.scores[row_of[s], i]) for s in target.forget if s in row_of),
             retain_scores=tuple(float(core.scores[row_of[s], i]) for s in target.retain if s in row_of),
+            n_swapped_retain=len(trained.retain) - len(target.retain),
         )
-        for i, (target, plan) in enumerate(zip(targets, core.plans))
+        for i, (target, trained, plan) in enumerate(zip(policy_targets, targets, core.plans))
     ]
     return FittedHeads(
         target_ids=[t.id for t in targets],
@@ -311,6 +327,7 @@ def fit_core(
     overlapping: frozenset[tuple[int, int]] = frozenset(),
     progress: bool = False,
     estimate: bool = True,
+    retain_name: str = RETAIN,
 ) -> _Core:
     """Heads for ``targets`` on already-embedded ``feats`` (rows per ``row_of``) and their joint threshold.
 
@@ -318,7 +335,8 @@ def fit_core(
     (target index pairs, see :func:`overlapping_targets`) says whose examples are not each
     other's calibration neighbours. ``estimate`` adds the 2-fold false-positive estimate
     to the calibration note (skipped by the inner fits of :func:`select_features`, which
-    only need the threshold).
+    only need the threshold). ``retain_name`` names the cross-fitted retain texts in the
+    calibration note (:data:`SWAPPED` when they are name-swapped stand-ins).
     """
     plans = [plan_target(t, targets, split.bg_train) for t in targets]
     # Held out from every head: no text any head trains on may calibrate the shared threshold.
@@ -358,7 +376,7 @@ def fit_core(
         pooled = np.concatenate([*near, others])
         if pooled.size:
             # Named for what it holds: retain alone when every target overlaps every other.
-            max_scores = {(NEIGHBOURS if others.size else "cross-fitted retain"): pooled, **max_scores}
+            max_scores = {(f"{retain_name} and other targets' examples" if others.size else retain_name): pooled, **max_scores}
     if not max_scores:
         raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
     calibration = joint_threshold(max_scores, target_fpr, len(targets), estimate=estimate)
@@ -380,6 +398,7 @@ def select_features(
     split: _Negatives,
     target_fpr: float,
     overlapping: frozenset[tuple[int, int]],
+    swaps: Sequence[Swaps] = (),
 ) -> tuple[_Candidate, str]:
     """Pick the feature view and lexical weight with the best recall on the policy's own held-out forget examples.
 
@@ -398,23 +417,13 @@ def select_features(
     Candidates are tried simplest first (sentence, weight 1) and one must beat every
     earlier one strictly to be chosen, so ties keep the view the encoder was trained to
     produce. Policies with no target of two or more forget examples keep it too. Costs
-    two head fits per candidate; the encoder runs once.
+    two head fits per candidate; the encoder runs once. ``swaps``: the name-swapped copies
+    the real fit gives as retain examples, each fold only those of the examples it keeps.
     """
     plain = _Candidate("sentence", LEXICAL_WEIGHTS[0])
     if not any(len(unique_texts(t.forget)) >= 2 for t in targets):
         return plain, "sentence-embedding features (no held-out forget examples to compare feature sets on)"
-    # The same two folds for every candidate: targets with one example keep it in both.
-    folds: list[tuple[list[TargetData], list[str]]] = []
-    for fold in (0, 1):
-        kept, held = [], []
-        for t in targets:
-            forget = unique_texts(t.forget)
-            if len(forget) < 2:
-                kept.append(t)
-                continue
-            kept.append(TargetData(t.id, forget[fold::2], t.retain))
-            held += forget[1 - fold :: 2]
-        folds.append((kept, held))
+    folds = forget_folds(targets, swaps)
     recall: dict[_Candidate, float] = {}
     for weight in LEXICAL_WEIGHTS:
         for view in views:
@@ -433,6 +442,26 @@ def select_features(
         f"{chosen.name} features, chosen by recall on held-out forget examples at the calibrated threshold "
         f"(2-fold over each target's forget list: {shown})"
     )
+
+
+def forget_folds(targets: list[TargetData], swaps: Sequence[Swaps] = ()) -> list[tuple[list[TargetData], list[str]]]:
+    """Two folds, each keeping alternate halves of every target's forget list; and the examples each holds out.
+
+    Targets with one example keep it in both. With ``swaps``, each fold's targets also get
+    the name-swapped copies of the examples they keep (never of those held out) as retain.
+    """
+    folds: list[tuple[list[TargetData], list[str]]] = []
+    for fold in (0, 1):
+        kept, held = [], []
+        for t in targets:
+            forget = unique_texts(t.forget)
+            if len(forget) < 2:
+                kept.append(t)
+                continue
+            kept.append(TargetData(t.id, forget[fold::2], t.retain))
+            held += forget[1 - fold :: 2]
+        folds.append((with_copies(kept, swaps), held))
+    return folds
 
 
 def validate_targets(targets: list[TargetData]) -> None:

@@ -1,0 +1,103 @@
+"""Name-swapped copies of an entity target's forget examples, as the retain examples its policy did not give.
+
+For a policy with no near negatives (no retain examples, no calibration set; see
+:func:`eco_guard.classifier.training.lacks_near_negatives`). A target whose examples keep
+naming one entity (:func:`~eco_guard.entities.central_names`: a person, a book, a company)
+is about that entity, yet a head that has only generic negatives learns the *kind* of
+question its examples are ("the genre of an author", "the parents of an author") as much
+as the name, and the people-question stand-ins cannot match every policy's phrasing. The
+same questions with the name replaced by made-up people's are the nearest negatives
+there are: trained on, the head must key on the name; calibrated cross-fitted like any
+retain examples, the threshold counts how often a question of the same form about
+someone else is flagged.
+
+That holds only when the name is what the target is about. A topic's examples can keep
+naming a term too (four of eight macroeconomics questions mention GDP), and there the
+copies are still questions on the topic: as negatives they taught the head against its
+own topic and, calibrated, raised the shared threshold until the six-subject probe
+recalled 4% of held-out questions instead of 32%. What tells the two apart is how many
+examples name it (:data:`ENTITY_SHARE`). Checking instead that the copies cost no recall
+on held-out forget examples failed: a person's one example that does not name them ("the
+author born in Baghdad on ...") is lost the same way, so the check turned away persons too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from eco_guard.classifier.background import name_swapped
+from eco_guard.classifier.heads import TargetData, unique_texts
+from eco_guard.entities import central_names
+
+ENTITY_SHARE = 0.75
+"""A target is entity-like when one name occurs in at least this share of its forget examples.
+Measured: the first five questions of TOFU's 200 authors name the author in four (161
+authors) or all five (37; one author in three, one in none); of the six-subject probe's
+eight questions per MMLU subject at most half share a name (GDP in macroeconomics), and of
+WMDP's training questions, in groups of twenty, at most 0.3."""
+
+SWAPS_PER_TARGET = 100
+"""Copies made of each entity target's forget examples, spread evenly over the examples that
+name the entity: enough to certify a 1% rate as a calibration source of their own. Measured
+on the person probes (one TOFU author from five questions, no retain examples; questions
+about 900 other authors flagged): none 26%; 3, 5, 10 and 20 copies per example, pooled with
+the background because too few to certify alone, 16%, 9%, 5.4% and 4.3%; 100 per target,
+their own source, 2.3%; recall 0.987 throughout."""
+
+@dataclass(frozen=True)
+class Swaps:
+    """One target's copies, kept apart by the forget example each was made from (for the held-out test)."""
+
+    target_id: str
+    by_example: dict[str, list[str]]
+
+    @property
+    def copies(self) -> list[str]:
+        return [c for cs in self.by_example.values() for c in cs]
+
+    def copies_of(self, examples: Sequence[str]) -> list[str]:
+        """The copies made from ``examples`` only: a fold that holds an example out holds its copies out too."""
+        return [c for s in examples for c in self.by_example.get(s, [])]
+
+
+def candidate_swaps(targets: Sequence[TargetData], seed: int) -> list[Swaps]:
+    """Copies for every target whose examples name a central entity; targets without one get none."""
+    out: list[Swaps] = []
+    for i, t in enumerate(targets):
+        forget = unique_texts(t.forget)
+        names = central_names(forget, min_share=ENTITY_SHARE)
+        naming = [s for s in forget if name_swapped([s], names, per_text=1)]
+        if not naming:
+            continue
+        per_example = -(-SWAPS_PER_TARGET // len(naming))
+        own, made = set(forget), 0
+        by_example: dict[str, list[str]] = {}
+        for k, text in enumerate(naming):
+            copies = [c for c in name_swapped([text], names, per_text=per_example, seed=seed + 7919 * i + k) if c not in own]
+            by_example[text] = copies[: SWAPS_PER_TARGET - made]
+            made += len(by_example[text])
+        out.append(Swaps(t.id, by_example))
+    return out
+
+
+def with_copies(targets: Sequence[TargetData], swaps: Sequence[Swaps]) -> list[TargetData]:
+    """``targets`` with the copies of the forget examples each keeps as extra retain examples."""
+    by_id = {sw.target_id: sw for sw in swaps}
+    return [
+        TargetData(t.id, t.forget, [*t.retain, *by_id[t.id].copies_of(unique_texts(t.forget))]) if t.id in by_id else t
+        for t in targets
+    ]
+
+
+def with_swapped_retain(targets: list[TargetData], kept: Sequence[Swaps]) -> tuple[list[TargetData], str]:
+    """``targets`` with the kept copies as their retain examples, and a sentence for the calibration note."""
+    copies = {s.target_id: s.copies for s in kept if s.copies}
+    if not copies:
+        return targets, ""
+    out = with_copies(targets, kept)
+    listed = ", ".join(f"{tid!r} ({len(c)})" for tid, c in copies.items())
+    return out, (
+        f". Entity targets with no retain examples were given copies of their forget examples naming made-up "
+        f"people instead, trained on and calibrated (cross-fitted) as their retain examples: {listed}"
+    )
