@@ -211,6 +211,9 @@ def fit_guard(
             say(f"warning: target {fit.id!r}: {fit.calibration.note}")
     if lacks_near_negatives(data, calibration):
         say(f"warning: {NO_NEAR_NEGATIVES}")
+    swapped = ", ".join(f"{fit.id!r} ({fit.n_swapped_retain})" for fit in fits if fit.n_swapped_retain)
+    if swapped:
+        say(f"entity targets given copies of their forget examples naming made-up people, as retain examples: {swapped}")
     needs_runner = any(t.corruption.strength == "auto" for t in policy.targets)
     runner = _load_runner(loaded, progress) if needs_runner else None
     config = search if progress else search.quiet()

@@ -105,6 +105,7 @@ def test_fit_warns_when_only_the_builtin_background_can_calibrate(tmp_path: Path
     code, _, err = _run(capsys, "fit", str(bare), "--out", str(tmp_path / "g2"))
     assert code == 0
     assert "warning: no target has retain examples" in err and "classifier.calibration" in err
+    assert "copies of their forget examples naming made-up people, as retain examples: 'france' (100)" in err
     # The fit report, which a compliance reader keeps, says it too; the policy with retain examples does not.
     report = (tmp_path / "g2" / "report.md").read_text(encoding="utf-8")
     assert "Caution: no target has retain examples" in report
