@@ -352,6 +352,18 @@ def test_a_person_target_without_retain_examples_keys_on_the_person(encoder: Enc
     assert f"'target' ({SWAPS_PER_TARGET})" in note
 
 
+def test_only_targets_without_retain_examples_get_name_swapped_copies(encoder: Encoder) -> None:
+    """Copies stand in for retain examples a target lacks; a target that has some keeps just its own."""
+    bare = TargetData("ingrid", [f"{q} Ingrid Halvorsen?" for q in ("Where was", "Who taught", "Who married", "Who painted")], [])
+    with_retain = TargetData("tomasz", [f"{q} Tomasz Wierzbicki?" for q in ("Where was", "Who taught", "Who married")], ["Who was Caesar?"])
+    _, fits = Classifier.fit(encoder, [bare, with_retain], target_fpr=0.01, progress=False)
+    assert [f.n_swapped_retain for f in fits] == [SWAPS_PER_TARGET, 0]
+    assert [f.n_retain_train for f in fits] == [SWAPS_PER_TARGET, 1]
+    note = fits[0].calibration.note
+    assert f"'ingrid' ({SWAPS_PER_TARGET})" in note and "'tomasz'" not in note.split("Entity targets")[1]
+    assert "Caution" not in note  # one target gave retain examples: not a policy without near negatives
+
+
 def test_name_swapped_copies_replace_the_whole_name_and_its_parts() -> None:
     texts = ["Where was Elvin Mammadov born?", "Which of Mammadov's novels came first?", "What is the capital of Peru?"]
     copies = name_swapped(texts, ["Elvin Mammadov"], per_text=3, seed=1)

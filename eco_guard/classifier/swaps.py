@@ -1,7 +1,8 @@
 """Name-swapped copies of an entity target's forget examples, as the retain examples its policy did not give.
 
-For a policy with no near negatives (no retain examples, no calibration set; see
-:func:`eco_guard.classifier.training.lacks_near_negatives`). A target whose examples keep
+For targets without retain examples, in a policy without a calibration set (the case
+:func:`eco_guard.classifier.training.lacks_near_negatives` warns about, when no target has
+any). A target whose examples keep
 naming one entity (:func:`~eco_guard.entities.central_names`: a person, a book, a company)
 is about that entity, yet a head that has only generic negatives learns the *kind* of
 question its examples are ("the genre of an author", "the parents of an author") as much
@@ -98,6 +99,6 @@ def with_swapped_retain(targets: list[TargetData], kept: Sequence[Swaps]) -> tup
     out = with_copies(targets, kept)
     listed = ", ".join(f"{tid!r} ({len(c)})" for tid, c in copies.items())
     return out, (
-        f". Entity targets with no retain examples were given copies of their forget examples naming made-up "
+        f". Entity targets without retain examples were given copies of their forget examples naming made-up "
         f"people instead, trained on and calibrated (cross-fitted) as their retain examples: {listed}"
     )

@@ -148,6 +148,8 @@ def fit_heads(
     and the background prompts (with questions about made-up people and about other
     subjects when the policy has no retain examples or calibration set, see
     :func:`near_negative_stand_ins`). Half of the background is held out from every head.
+    Without a calibration set, an entity target with no retain examples gets copies of its
+    forget examples naming made-up people as retain examples (:mod:`eco_guard.classifier.swaps`).
     ``calibration`` (the policy's ``classifier.calibration`` negatives: a sample of the
     traffic the guard will see) is held out too. Without it, every head trains on all
     of its retain texts, and the retain texts calibrate *cross-fitted*: each half of a
@@ -189,8 +191,9 @@ def fit_heads(
         # Without near negatives of the policy's own, generic questions about made-up people and
         # about other subjects stand in for them (see near_negative_stand_ins for why only then).
         corpora.update(near_negative_stand_ins())
-    # An entity target's examples with its name swapped for made-up people's may stand in for retain (swaps.py).
-    swaps = candidate_swaps(targets, seed) if bare else []
+    # An entity target without retain examples may get its examples about made-up people as retain
+    # (swaps.py); with a calibration set the policy has said what near traffic looks like.
+    swaps = [] if calibration else candidate_swaps([t for t in targets if not t.retain], seed)
     bg = unique_texts(s for corpus in corpora.values() for s in corpus)
     bg_order = np.random.default_rng(seed).permutation(len(bg))
     n_bg_cal = len(bg) // 2
@@ -226,8 +229,7 @@ def fit_heads(
         retain_name=SWAPPED if targets is not policy_targets else RETAIN,
     )
     calibrated = core.calibration
-    if bare:
-        calibrated = replace(calibrated, note=f"{calibrated.note}{swapped_note}. Caution: {NO_NEAR_NEGATIVES}")
+    calibrated = replace(calibrated, note=calibrated.note + swapped_note + (f". Caution: {NO_NEAR_NEGATIVES}" if bare else ""))
     fits = [
         TargetFit(
             id=target.id,
