@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 #: a run of capitalised words, allowing the lower-case joiners names and titles contain
 _JOINER = r"(?:of|and|the|de|da|del|la|le|van|von|der|du|y)"
@@ -105,6 +105,12 @@ def central_names(texts: Sequence[str], *, min_share: float = 0.5) -> list[str]:
     """
     need = max(2, math.ceil(min_share * len(texts)))
     return _longest_first([t for t, n in _name_counts(texts).items() if n >= need])
+
+
+def names_pattern(names: Iterable[str]) -> re.Pattern[str]:
+    """A pattern matching any of ``names`` as whole words, longest first (so a full name wins over its parts)."""
+    alternatives = "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
 
 
 def _name_counts(texts: Sequence[str]) -> Counter[str]:

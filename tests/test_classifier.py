@@ -33,7 +33,7 @@ from eco_guard.classifier import heads, neighbours
 from eco_guard.classifier.background import knowledge_questions, name_swapped, near_negative_stand_ins, people_questions
 from eco_guard.classifier.feature_cache import corpus_features
 from eco_guard.classifier.lexical import Lexicon
-from eco_guard.classifier.swaps import SWAPS_PER_TARGET, candidate_swaps, with_swapped_retain
+from eco_guard.classifier.swaps import SWAPS_PER_TARGET, candidate_swaps, entity_names, with_swapped_retain, without_mentions
 from eco_guard.classifier.training import held_out_sources
 from eco_guard.errors import GuardLoadError, InputError, ModelLoadError, UserError
 
@@ -362,6 +362,24 @@ def test_only_targets_without_retain_examples_get_name_swapped_copies(encoder: E
     note = fits[0].calibration.note
     assert f"'ingrid' ({SWAPS_PER_TARGET})" in note and "'tomasz'" not in note.split("Entity targets")[1]
     assert "Caution" not in note  # one target gave retain examples: not a policy without near negatives
+
+
+def test_background_that_names_a_target_entity_is_no_negative_for_it() -> None:
+    """'Mei Chen' is one of the made-up people of the people questions, and can be a real target's name."""
+    target = TargetData("mei", ["Where did Mei Chen study film?", "Which film made Mei Chen famous?", "What awards has Mei Chen won?"], [])
+    assert entity_names([target]) == ["Mei Chen"]
+    corpora = near_negative_stand_ins()
+    named = [q for q in corpora["held-out people questions"] if "Mei Chen" in q]
+    assert named  # the collision this guards against is real
+    kept = without_mentions(corpora, entity_names([target]))
+    assert not any("Mei Chen" in q for corpus in kept.values() for q in corpus)
+    assert len(kept["held-out people questions"]) == len(corpora["held-out people questions"]) - len(named)
+    assert kept["held-out knowledge questions"] == corpora["held-out knowledge questions"]
+    # Nothing named: the very same object, so the built-in corpus keeps its cached features.
+    assert without_mentions(corpora, ["Ingrid Halvorsen"]) is corpora and without_mentions(corpora, []) is corpora
+    # Nor are the copies ever about the entity itself.
+    copies = name_swapped(["Who is Mei Chen?"], ["Mei Chen"], per_text=200)
+    assert copies and not any("Mei" in c or "Chen" in c for c in copies)
 
 
 def test_name_swapped_copies_replace_the_whole_name_and_its_parts() -> None:

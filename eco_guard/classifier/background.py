@@ -17,10 +17,11 @@ The same made-up names also rewrite a policy's own examples about someone else
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
+
+from eco_guard.entities import names_pattern
 
 _FIRST = """Amara Bao Carlos Dana Elif Farid Greta Hiroshi Ines Jonas Kavya Leon Mei Nikolai Olu Priya Quentin
 Rosa Sven Tamar Umar Vera Wen Ximena Yusuf Zofia Aiko Bruno Chiara Dmitri Esther Femi Goran Hana Ivan Jia Kofi
@@ -151,13 +152,15 @@ def name_swapped(texts: Sequence[str], names: Sequence[str], *, per_text: int = 
                     parts.setdefault(word, role)
     if not parts:
         return []
-    pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p) for p in sorted(parts, key=len, reverse=True)) + r")(?!\w)")
+    pattern = names_pattern(parts)
     out: list[str] = []
     for text in texts:
         if not pattern.search(text):
             continue
         for _ in range(per_text):
             first, last = rng.choice(_FIRST), rng.choice(_LAST)
+            while first in parts or last in parts or f"{first} {last}" in parts:  # never the entity's own name
+                first, last = rng.choice(_FIRST), rng.choice(_LAST)
             fill = (f"{first} {last}", first, last)
             out.append(pattern.sub(lambda m: fill[parts[m.group(0)]], text))
     return list(dict.fromkeys(out))

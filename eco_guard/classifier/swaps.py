@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from eco_guard.classifier.background import name_swapped
 from eco_guard.classifier.heads import TargetData, unique_texts
-from eco_guard.entities import central_names
+from eco_guard.entities import central_names, names_pattern
 
 ENTITY_SHARE = 0.75
 """A target is entity-like when one name occurs in at least this share of its forget examples.
@@ -60,6 +60,27 @@ class Swaps:
     def copies_of(self, examples: Sequence[str]) -> list[str]:
         """The copies made from ``examples`` only: a fold that holds an example out holds its copies out too."""
         return [c for s in examples for c in self.by_example.get(s, [])]
+
+
+def entity_names(targets: Sequence[TargetData]) -> list[str]:
+    """The names that make targets entity-like (:data:`ENTITY_SHARE`), over all targets."""
+    return list(dict.fromkeys(n for t in targets for n in central_names(unique_texts(t.forget), min_share=ENTITY_SHARE)))
+
+
+def without_mentions(corpora: dict[str, Sequence[str]], names: Sequence[str]) -> dict[str, Sequence[str]]:
+    """``corpora`` without the texts that name any of ``names``: a prompt about a target's entity is no negative for it.
+
+    The built-in corpora were written about made-up people and everyday things, but a
+    target can still be named like one ("Carlos Garcia" is a made-up person here and a
+    real one elsewhere), and a chat prompt can mention a real person a policy forgets.
+    Unchanged (the same object, so the feature cache still applies) when nothing matches.
+    """
+    if not names:
+        return corpora
+    about = names_pattern(names)
+    if not any(about.search(s) for corpus in corpora.values() for s in corpus):
+        return corpora
+    return {name: [s for s in corpus if not about.search(s)] for name, corpus in corpora.items()}
 
 
 def candidate_swaps(targets: Sequence[TargetData], seed: int) -> list[Swaps]:

@@ -44,7 +44,7 @@ from eco_guard.classifier.neighbours import (
     neighbour_scores,
     overlapping_targets,
 )
-from eco_guard.classifier.swaps import Swaps, candidate_swaps, with_copies, with_swapped_retain
+from eco_guard.classifier.swaps import Swaps, candidate_swaps, entity_names, with_copies, with_swapped_retain, without_mentions
 from eco_guard.errors import UserError
 
 
@@ -191,6 +191,7 @@ def fit_heads(
         # Without near negatives of the policy's own, generic questions about made-up people and
         # about other subjects stand in for them (see near_negative_stand_ins for why only then).
         corpora.update(near_negative_stand_ins())
+    corpora = without_mentions(corpora, entity_names(targets))
     # An entity target without retain examples may get its examples about made-up people as retain
     # (swaps.py); with a calibration set the policy has said what near traffic looks like.
     swaps = [] if calibration else candidate_swaps([t for t in targets if not t.retain], seed)
