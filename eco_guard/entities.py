@@ -96,7 +96,7 @@ def extract_terms(texts: Sequence[str], *, min_count: int = 2) -> list[str]:
     return _longest_first(recurring or list(counts))
 
 
-def central_names(texts: Sequence[str], *, min_share: float = 0.5) -> list[str]:
+def central_names(texts: Sequence[str], *, min_share: float) -> list[str]:
     """The names that at least ``min_share`` of ``texts`` (and at least two) mention: what an entity target is about.
 
     Stricter than :func:`extract_terms`: a topic's examples name many things once or twice

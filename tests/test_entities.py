@@ -66,7 +66,8 @@ def test_central_names_are_what_most_examples_name() -> None:
         "Which city shaped Al-Kuwaiti's novels, Paris or Kuwait City?",
         "Who is the author born in Kuwait City in 1966?",
     ]
-    assert central_names(person) == ["Basil Mahfouz Al-Kuwaiti", "Kuwait City"]
+    assert central_names(person, min_share=0.5) == ["Basil Mahfouz Al-Kuwaiti", "Kuwait City"]
+    assert central_names(person, min_share=0.75) == []
     # A topic's examples name things once or twice: nothing is central.
     topic = [
         "How does Mimikatz extract credentials from LSASS memory?",
@@ -74,5 +75,5 @@ def test_central_names_are_what_most_examples_name() -> None:
         "Which Nmap flag runs a SYN scan?",
         "How do attackers abuse Kerberos delegation in Active Directory?",
     ]
-    assert central_names(topic) == []
-    assert central_names(["Where was Jane Austen born?"]) == []  # one example: nothing recurs
+    assert central_names(topic, min_share=0.5) == []
+    assert central_names(["Where was Jane Austen born?"], min_share=0.5) == []  # one example: nothing recurs

@@ -2,15 +2,14 @@
 
 For targets without retain examples, in a policy without a calibration set (the case
 :func:`eco_guard.classifier.training.lacks_near_negatives` warns about, when no target has
-any). A target whose examples keep
-naming one entity (:func:`~eco_guard.entities.central_names`: a person, a book, a company)
-is about that entity, yet a head that has only generic negatives learns the *kind* of
-question its examples are ("the genre of an author", "the parents of an author") as much
-as the name, and the people-question stand-ins cannot match every policy's phrasing. The
-same questions with the name replaced by made-up people's are the nearest negatives
-there are: trained on, the head must key on the name; calibrated cross-fitted like any
-retain examples, the threshold counts how often a question of the same form about
-someone else is flagged.
+any). A target whose examples keep naming one entity (a person, a book, a company; see
+:func:`~eco_guard.entities.central_names`) is about that entity, yet a head that has only
+generic negatives learns the *kind* of question its examples are ("the genre of an
+author", "the parents of an author") as much as the name, and the people-question
+stand-ins cannot match every policy's phrasing. The same questions with the name replaced
+by made-up people's are the nearest negatives there are: trained on, the head must key on
+the name; calibrated cross-fitted like any retain examples, the threshold counts how often
+a question of the same form about someone else is flagged.
 
 That holds only when the name is what the target is about. A topic's examples can keep
 naming a term too (four of eight macroeconomics questions mention GDP), and there the
@@ -44,11 +43,12 @@ name the entity: enough to certify a 1% rate as a calibration source of their ow
 on the person probes (one TOFU author from five questions, no retain examples; questions
 about 900 other authors flagged): none 26%; 3, 5, 10 and 20 copies per example, pooled with
 the background because too few to certify alone, 16%, 9%, 5.4% and 4.3%; 100 per target,
-their own source, 2.3%; recall 0.987 throughout."""
+their own source, 2.8% (0.2-6% per author); recall 0.987 throughout."""
+
 
 @dataclass(frozen=True)
 class Swaps:
-    """One target's copies, kept apart by the forget example each was made from (for the held-out test)."""
+    """One target's copies, kept apart by the forget example each was made from, so folds can hold out both."""
 
     target_id: str
     by_example: dict[str, list[str]]
@@ -89,7 +89,7 @@ def candidate_swaps(targets: Sequence[TargetData], seed: int) -> list[Swaps]:
     for i, t in enumerate(targets):
         forget = unique_texts(t.forget)
         names = central_names(forget, min_share=ENTITY_SHARE)
-        naming = [s for s in forget if name_swapped([s], names, per_text=1)]
+        naming = [s for s in forget if name_swapped([s], names, per_text=1)]  # parts of the name count too
         if not naming:
             continue
         per_example = -(-SWAPS_PER_TARGET // len(naming))
@@ -112,12 +112,12 @@ def with_copies(targets: Sequence[TargetData], swaps: Sequence[Swaps]) -> list[T
     ]
 
 
-def with_swapped_retain(targets: list[TargetData], kept: Sequence[Swaps]) -> tuple[list[TargetData], str]:
-    """``targets`` with the kept copies as their retain examples, and a sentence for the calibration note."""
-    copies = {s.target_id: s.copies for s in kept if s.copies}
+def with_swapped_retain(targets: list[TargetData], swaps: Sequence[Swaps]) -> tuple[list[TargetData], str]:
+    """``targets`` with all their copies as retain examples, and a sentence for the calibration note."""
+    copies = {s.target_id: s.copies for s in swaps if s.copies}
     if not copies:
         return targets, ""
-    out = with_copies(targets, kept)
+    out = with_copies(targets, swaps)
     listed = ", ".join(f"{tid!r} ({len(c)})" for tid, c in copies.items())
     return out, (
         f". Entity targets without retain examples were given copies of their forget examples naming made-up "
