@@ -362,6 +362,7 @@ def test_only_targets_without_retain_examples_get_name_swapped_copies(encoder: E
     note = fits[0].calibration.note
     assert f"'ingrid' ({SWAPS_PER_TARGET})" in note and "'tomasz'" not in note.split("Entity targets")[1]
     assert "Caution" not in note  # one target gave retain examples: not a policy without near negatives
+    assert "cross-fitted retain and name-swapped copies and other targets' examples: n=" in note  # the source says what it holds
 
 
 def test_background_that_names_a_target_entity_is_no_negative_for_it() -> None:

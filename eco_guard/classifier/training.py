@@ -71,8 +71,7 @@ its name-swapped copies; 13-36% without), and 2.4-3.4% of exam questions on othe
 by a topic's, against a certified 1%."""
 
 RETAIN = "cross-fitted retain"
-SWAPPED = "cross-fitted name-swapped copies"
-"""Names of the policy's own near negatives as a calibration source, as notes and reports give them."""
+"""Name of the policy's own near negatives as a calibration source, as notes and reports give it."""
 
 _EMBED_CHUNK = 256
 """Texts per progress-bar step while fitting; large enough to keep the encoder batched."""
@@ -227,7 +226,7 @@ def fit_heads(
         choice.lexical_weight,
         overlapping=overlapping,
         progress=progress,
-        retain_name=SWAPPED if targets is not policy_targets else RETAIN,
+        retain_name=_retain_source_name(any(t.retain for t in policy_targets), any(sw.copies for sw in swaps)),
     )
     calibrated = core.calibration
     calibrated = replace(calibrated, note=calibrated.note + swapped_note + (f". Caution: {NO_NEAR_NEGATIVES}" if bare else ""))
@@ -256,6 +255,13 @@ def fit_heads(
         view=choice.view,
         fits=fits,
     )
+
+
+def _retain_source_name(policy_retain: bool, copies: bool) -> str:
+    """What the cross-fitted retain source holds, for the calibration note: the policy's examples, copies, or both."""
+    if not copies:
+        return RETAIN
+    return f"{RETAIN} and name-swapped copies" if policy_retain else "cross-fitted name-swapped copies"
 
 
 def lacks_near_negatives(targets: Sequence[TargetData], calibration: Sequence[str] | None) -> bool:
@@ -339,7 +345,7 @@ def fit_core(
     other's calibration neighbours. ``estimate`` adds the 2-fold false-positive estimate
     to the calibration note (skipped by the inner fits of :func:`select_features`, which
     only need the threshold). ``retain_name`` names the cross-fitted retain texts in the
-    calibration note (:data:`SWAPPED` when they are name-swapped stand-ins).
+    calibration note (see :func:`_retain_source_name`).
     """
     plans = [plan_target(t, targets, split.bg_train) for t in targets]
     # Held out from every head: no text any head trains on may calibrate the shared threshold.
