@@ -142,14 +142,7 @@ def name_swapped(texts: Sequence[str], names: Sequence[str], *, per_text: int = 
     Deterministic, so every fit sees the same texts.
     """
     rng = random.Random(seed)
-    parts: dict[str, int] = {}  # replaceable word -> 0 full name, 1 first name, 2 surname
-    for name in names:
-        parts[name] = 0
-        words = name.split()
-        if len(words) > 1:
-            for word, role in ((words[0], 1), (words[-1], 2)):
-                if len(word) >= 3:
-                    parts.setdefault(word, role)
+    parts = name_parts(names)
     if not parts:
         return []
     pattern = names_pattern(parts)
@@ -164,6 +157,23 @@ def name_swapped(texts: Sequence[str], names: Sequence[str], *, per_text: int = 
             fill = (f"{first} {last}", first, last)
             out.append(pattern.sub(lambda m: fill[parts[m.group(0)]], text))
     return list(dict.fromkeys(out))
+
+
+def name_parts(names: Sequence[str]) -> dict[str, int]:
+    """Every word :func:`name_swapped` replaces, with what replaces it: 0 a full name, 1 a first name, 2 a surname.
+
+    The names themselves, and a multi-word name's first and last words (three letters or
+    more), which texts use alone ("Mammadov's novels").
+    """
+    parts: dict[str, int] = {}
+    for name in names:
+        parts[name] = 0
+        words = name.split()
+        if len(words) > 1:
+            for word, role in ((words[0], 1), (words[-1], 2)):
+                if len(word) >= 3:
+                    parts.setdefault(word, role)
+    return parts
 
 
 @cache

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eco_guard.classifier.background import name_swapped
+from eco_guard.classifier.background import name_parts, name_swapped
 from eco_guard.classifier.heads import TargetData, unique_texts
 from eco_guard.entities import central_names, names_pattern
 
@@ -89,9 +89,10 @@ def candidate_swaps(targets: Sequence[TargetData], seed: int) -> list[Swaps]:
     for i, t in enumerate(targets):
         forget = unique_texts(t.forget)
         names = central_names(forget, min_share=ENTITY_SHARE)
-        naming = [s for s in forget if name_swapped([s], names, per_text=1)]  # parts of the name count too
-        if not naming:
+        if not names:
             continue
+        mentions = names_pattern(name_parts(names))  # what name_swapped rewrites: parts of the name count too
+        naming = [s for s in forget if mentions.search(s)]
         per_example = -(-SWAPS_PER_TARGET // len(naming))
         own, made = set(forget), 0
         by_example: dict[str, list[str]] = {}
