@@ -11,7 +11,7 @@ quarters; WMDP's training fifth; TOFU forget rows of the training positions), so
 row of D1-D3 is read. No goal is set: nothing here was tuned, and the numbers are
 reported as they come.
 
-Probes (target FPR 0.01, no retain examples, no calibration set):
+Probes (target FPR 0.01, no calibration set; no retain examples but in P4, P6 and P7):
 
 - **P1 person**: one TOFU author from the first 5 of their questions, for authors 0-4
   (one fit each). Positives: the author's other 15 questions and their paraphrases.
@@ -31,6 +31,14 @@ Probes (target FPR 0.01, no retain examples, no calibration set):
 - **P5 people**: ten TOFU authors as ten targets of 5 questions each, in one policy: the
   authors of TOFU retain rows 200-399, which D1 only trains on and D3 never reads.
   Positives: each author's other 15 questions. Negatives as P1's.
+
+- **P6 people with everyday retain**: P5's policy, each target given 4 world-facts
+  questions as retain examples (rows 4a-4a+3 for the a-th target): a "keep everything
+  else working" list that says nothing about other people. Negatives as P1's, world
+  facts less the 40 given as retain.
+
+- **P7 topic with everyday retain**: P2's policy with world-facts rows 0-3 as retain
+  examples. Negatives as P2's, plus world facts less those four.
 
 P1's positives are forget rows that D1 and D3 score as test rows (a single author has no
 other questions); they are reported here and were never used to choose anything. P5 was
@@ -109,6 +117,34 @@ def probe_people() -> Protocol:
         calibration=None,
         positives={"other questions": [q for qs in authors for q in qs[5:]]},
         negatives={"other authors": _unseen_authors(), "MMLU": mmlu[::4], "world facts": _world_facts()},
+    )
+
+
+EVERYDAY_RETAIN = 4
+"""P6: world-facts questions given to each target as retain examples."""
+
+
+def probe_people_with_everyday_retain() -> Protocol:
+    people = probe_people()
+    facts = _world_facts()
+    n = EVERYDAY_RETAIN * len(people.targets)
+    targets = [
+        TargetRows(t.id, t.forget, facts[EVERYDAY_RETAIN * k : EVERYDAY_RETAIN * (k + 1)], t.description) for k, t in enumerate(people.targets)
+    ]
+    negatives = {**people.negatives, "world facts": facts[n:]}
+    return Protocol(name="P6 people, everyday retain", targets=targets, calibration=None, positives=people.positives, negatives=negatives)
+
+
+def probe_topic_with_everyday_retain(kind: str) -> Protocol:
+    topic = probe_topic(kind)
+    facts = _world_facts()
+    target = topic.targets[0]
+    return Protocol(
+        name=f"P7 topic, everyday retain {kind}",
+        targets=[TargetRows(target.id, target.forget, facts[:EVERYDAY_RETAIN], target.description)],
+        calibration=None,
+        positives=topic.positives,
+        negatives={**topic.negatives, "world facts": facts[EVERYDAY_RETAIN:]},
     )
 
 
@@ -192,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     probes = [*(probe_person(a) for a in range(5)), probe_topic("bio"), probe_topic("cyber"), probe_subjects()]
     probes += [probe_topic_with_retain("bio"), probe_topic_with_retain("cyber"), probe_people()]
+    probes += [probe_people_with_everyday_retain(), probe_topic_with_everyday_retain("bio"), probe_topic_with_everyday_retain("cyber")]
     summaries = []
     for protocol in probes:
         print(f"{protocol.name}: fitting {len(protocol.targets)} target(s) ...", file=sys.stderr)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .artifact import FittedTarget, write_guard
 from .classifier import Classifier, Encoder, TargetData, resolve_encoder_path
+from .classifier.swaps import NEAR_QUANTILE
 from .classifier.training import NO_NEAR_NEGATIVES, lacks_near_negatives
 from .corruption import Corruption
 from .entities import extract_terms
@@ -209,7 +210,15 @@ def fit_guard(
     for fit in fits:
         if not fit.calibration.achievable:
             say(f"warning: target {fit.id!r}: {fit.calibration.note}")
-    if lacks_near_negatives(data, calibration):
+    generic = [fit.id for fit, t in zip(fits, data) if fit.lacks_near_retain and any(s.strip() for s in t.retain)]
+    if generic:
+        say(
+            f"warning: no more than half the retain examples of {', '.join(map(repr, generic))} are nearer to the "
+            f"target's forget examples than {NEAR_QUANTILE:.0%} of everyday prompts, so they say little about where "
+            "the target ends and are not counted as near negatives; retain examples of what must still pass that "
+            "sits close to the target (other people, neighbouring topics) work best"
+        )
+    if lacks_near_negatives([fit.lacks_near_retain for fit in fits], calibration):
         say(f"warning: {NO_NEAR_NEGATIVES}")
     swapped = ", ".join(f"{fit.id!r} ({fit.n_swapped_retain})" for fit in fits if fit.n_swapped_retain)
     if swapped:

@@ -11,7 +11,7 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,7 +33,14 @@ from eco_guard.classifier import heads, neighbours
 from eco_guard.classifier.background import knowledge_questions, name_swapped, near_negative_stand_ins, people_questions
 from eco_guard.classifier.feature_cache import corpus_features
 from eco_guard.classifier.lexical import Lexicon
-from eco_guard.classifier.swaps import SWAPS_PER_TARGET, candidate_swaps, entity_names, with_swapped_retain, without_mentions
+from eco_guard.classifier.swaps import (
+    SWAPS_PER_TARGET,
+    candidate_swaps,
+    entity_names,
+    lacking_near_retain,
+    with_swapped_retain,
+    without_mentions,
+)
 from eco_guard.classifier.training import held_out_sources
 from eco_guard.errors import GuardLoadError, InputError, ModelLoadError, UserError
 
@@ -305,7 +312,7 @@ def test_a_topic_target_without_retain_examples_keys_on_the_topic(encoder: Encod
         "Which of the following describes a monopoly?",
         "How did the printing press change the spread of ideas in Europe?",
     ]
-    flagged_held_out, flagged_others, note = _fit_bare_and_count_flags(encoder, forget, held_out, others)
+    flagged_held_out, flagged_others, note = _fit_and_count_flags(encoder, forget, held_out, others)
     assert flagged_held_out >= len(held_out) - 1
     assert flagged_others <= 2
     # Each stand-in corpus calibrates as its own source, so a high rate on one cannot hide in the mix.
@@ -317,6 +324,28 @@ def test_held_out_background_is_kept_apart_by_corpus_in_split_order() -> None:
     assert held_out_sources(corpora, ["e", "b", "d", "a"]) == {"chat": ["b", "a"], "people": ["d"], "exams": ["e"]}
 
 
+INGRID = [
+    "Where was the novelist Ingrid Halvorsen born?",
+    "What was Ingrid Halvorsen's first novel about?",
+    "Which prizes has Ingrid Halvorsen won?",
+    "Who were Ingrid Halvorsen's parents?",
+    "What themes does Ingrid Halvorsen explore in her books?",
+]
+INGRID_HELD_OUT = ["When did Ingrid Halvorsen publish her debut novel?", "Is Ingrid Halvorsen married?", "What is Ingrid Halvorsen's writing style like?"]
+OTHER_PEOPLE = [
+    "Where was the novelist Tomasz Wierzbicki born?",
+    "What was Aurelio Benedetti's first novel about?",
+    "Which prizes has the poet Saoirse Keane won?",
+    "Who were the parents of the painter Oren Malkiel?",
+    "What themes does Kwame Asante explore in his books?",
+    "When did Lena Virtanen publish her debut novel?",
+    "Is the composer Ruslan Demchenko married?",
+    "What is Haruto Ishikawa's writing style like?",
+]
+"""Same-form questions about people other than the made-up novelist of :data:`INGRID`."""
+EVERYDAY = ["What is the capital of Spain?", "How do I bake sourdough bread?", "What is the boiling point of water?", "How do I reset my router?"]
+
+
 def test_a_person_target_without_retain_examples_keys_on_the_person(encoder: Encoder) -> None:
     """A few questions about one (made-up) person and nothing else: the head must learn *this* person.
 
@@ -326,30 +355,48 @@ def test_a_person_target_without_retain_examples_keys_on_the_person(encoder: Enc
     name-swapped copies as retain examples as well, none (highest score 0.025 against a
     threshold of 0.135; the held-out questions score above 0.99).
     """
-    forget = [
-        "Where was the novelist Ingrid Halvorsen born?",
-        "What was Ingrid Halvorsen's first novel about?",
-        "Which prizes has Ingrid Halvorsen won?",
-        "Who were Ingrid Halvorsen's parents?",
-        "What themes does Ingrid Halvorsen explore in her books?",
-    ]
-    held_out = ["When did Ingrid Halvorsen publish her debut novel?", "Is Ingrid Halvorsen married?", "What is Ingrid Halvorsen's writing style like?"]
-    others = [
-        "Where was the novelist Tomasz Wierzbicki born?",
-        "What was Aurelio Benedetti's first novel about?",
-        "Which prizes has the poet Saoirse Keane won?",
-        "Who were the parents of the painter Oren Malkiel?",
-        "What themes does Kwame Asante explore in his books?",
-        "When did Lena Virtanen publish her debut novel?",
-        "Is the composer Ruslan Demchenko married?",
-        "What is Haruto Ishikawa's writing style like?",
-    ]
-    flagged_held_out, flagged_others, note = _fit_bare_and_count_flags(encoder, forget, held_out, others)
-    assert flagged_held_out == len(held_out)
+    flagged_held_out, flagged_others, note = _fit_and_count_flags(encoder, INGRID, INGRID_HELD_OUT, OTHER_PEOPLE)
+    assert flagged_held_out == len(INGRID_HELD_OUT)
     assert flagged_others == 0
     # The copies certify the threshold as a source of their own, and the note says where they came from.
     assert f"cross-fitted name-swapped copies: n={SWAPS_PER_TARGET}," in note
     assert f"'target' ({SWAPS_PER_TARGET})" in note
+
+
+@pytest.mark.parametrize(
+    "retain",
+    [EVERYDAY, ["What is the capital of Spain?", "Who wrote Hamlet?", "How do I bake sourdough bread?", "When was Marie Curie born?"]],
+    ids=["everyday", "half-about-people"],
+)
+def test_a_person_target_with_generic_retain_examples_still_keys_on_the_person(encoder: Encoder, retain: list[str]) -> None:
+    """Retain examples no nearer to the person than everyday prompts say nothing about other people.
+
+    With them and no copies, 7 of the 8 questions about other people were flagged, in
+    both cases; the copies join the policy's own retain examples as near negatives.
+    """
+    assert lacking_near_retain_ids(encoder, [TargetData("target", INGRID, retain)]) == ["target"]
+    flagged_held_out, flagged_others, note = _fit_and_count_flags(encoder, INGRID, INGRID_HELD_OUT, OTHER_PEOPLE, retain)
+    assert flagged_held_out == len(INGRID_HELD_OUT)
+    assert flagged_others == 0
+    assert "cross-fitted retain and name-swapped copies: n=" in note and f"'target' ({SWAPS_PER_TARGET})" in note
+
+
+def test_retain_examples_near_their_target_need_no_copies(encoder: Encoder, targets: list[TargetData]) -> None:
+    """Other countries' and other languages' questions are near France and Python; questions on other people near a person."""
+    assert lacking_near_retain_ids(encoder, targets) == []
+    person = TargetData("ingrid", INGRID, OTHER_PEOPLE[:4])
+    assert lacking_near_retain_ids(encoder, [person]) == []
+    bare = TargetData("bare", INGRID, [])
+    assert lacking_near_retain_ids(encoder, [person, bare]) == ["bare"]
+    # Without generic prompts to compare with, any retain example counts as near.
+    generic = TargetData("generic", INGRID, EVERYDAY)
+    assert lacking_near_retain_ids(encoder, [generic, bare], generic_prompts=[]) == ["bare"]
+
+
+def lacking_near_retain_ids(encoder: Encoder, targets: list[TargetData], generic_prompts: list[str] | None = None) -> list[str]:
+    """:func:`lacking_near_retain` on real sentence embeddings, against the built-in chat prompts unless given."""
+    generic = background_prompts() if generic_prompts is None else generic_prompts
+    return [t.id for t in lacking_near_retain(targets, lambda texts: encoder.encode(list(texts)), generic)]
 
 
 def test_only_targets_without_retain_examples_get_name_swapped_copies(encoder: Encoder) -> None:
@@ -439,14 +486,16 @@ def test_a_topic_that_keeps_naming_a_term_keeps_its_recall(encoder: Encoder) -> 
         "What does GDP leave out of a country's wellbeing?",
     ]
     others = ["How do vaccines train the immune system?", "What is the plot of Hamlet?", "How do I sort a list in Python?", "Why is the sky blue?"]
-    flagged_held_out, flagged_others, note = _fit_bare_and_count_flags(encoder, forget, held_out, others)
+    flagged_held_out, flagged_others, note = _fit_and_count_flags(encoder, forget, held_out, others)
     assert "name-swapped" not in note
     assert flagged_held_out >= 4 and flagged_others == 0
 
 
-def _fit_bare_and_count_flags(encoder: Encoder, forget: list[str], held_out: list[str], others: list[str]) -> tuple[int, int, str]:
-    """Fit one target from ``forget`` alone (no retain, no calibration set); count flags on each list; the calibration note."""
-    clf, fits = Classifier.fit(encoder, [TargetData("target", forget, [])], target_fpr=0.01, progress=False)
+def _fit_and_count_flags(
+    encoder: Encoder, forget: list[str], held_out: list[str], others: list[str], retain: Sequence[str] = ()
+) -> tuple[int, int, str]:
+    """Fit one target (no calibration set); count flags on each list; the calibration note."""
+    clf, fits = Classifier.fit(encoder, [TargetData("target", forget, list(retain))], target_fpr=0.01, progress=False)
     verdicts = clf.decide(clf.score(held_out + others))
     flags = [v.flagged for v in verdicts]
     return sum(flags[: len(held_out)]), sum(flags[len(held_out) :]), fits[0].calibration.note

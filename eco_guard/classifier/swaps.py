@@ -1,8 +1,7 @@
-"""Name-swapped copies of an entity target's forget examples, as the retain examples its policy did not give.
+"""Name-swapped copies of an entity target's forget examples, as the near retain examples its policy did not give.
 
-For targets without retain examples, in a policy without a calibration set (the case
-:func:`eco_guard.classifier.training.lacks_near_negatives` warns about, when no target has
-any). A target whose examples keep naming one entity (a person, a book, a company; see
+For targets without retain examples near them (none at all, or generic ones only, see
+:func:`lacking_near_retain`), in a policy without a calibration set. A target whose examples keep naming one entity (a person, a book, a company; see
 :func:`~eco_guard.entities.central_names`) is about that entity, yet a head that has only
 generic negatives learns the *kind* of question its examples are ("the genre of an
 author", "the parents of an author") as much as the name, and the people-question
@@ -23,8 +22,10 @@ author born in Baghdad on ...") is lost the same way, so the check turned away p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from eco_guard.classifier.background import name_parts, name_swapped
 from eco_guard.classifier.heads import TargetData, unique_texts
@@ -44,6 +45,11 @@ on the person probes (one TOFU author from five questions, no retain examples; q
 about 900 other authors flagged): none 26%; 3, 5, 10 and 20 copies per example, pooled with
 the background because too few to certify alone, 16%, 9%, 5.4% and 4.3%; 100 per target,
 their own source, 2.8% (0.2-6% per author); recall 0.987 throughout."""
+
+
+NEAR_QUANTILE = 0.9
+"""A retain example is near its target when its nearest forget example is closer to it than
+to this share of generic chat prompts (sentence-embedding cosine); see :func:`lacking_near_retain`."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,39 @@ def without_mentions(corpora: dict[str, Sequence[str]], names: Sequence[str]) ->
     if not any(about.search(s) for corpus in corpora.values() for s in corpus):
         return corpora
     return {name: [s for s in corpus if not about.search(s)] for name, corpus in corpora.items()}
+
+
+def lacking_near_retain(
+    targets: Sequence[TargetData], sentence: Callable[[Sequence[str]], np.ndarray], generic: Sequence[str]
+) -> list[TargetData]:
+    """The targets without retain examples near them: none at all, or most no nearer than generic prompts are.
+
+    Retain examples are what teaches a head where its target ends; "How do I reset my
+    router?" tells a person target's head nothing about questions on other people, and
+    with four such retain examples a made-up novelist's head flagged 7 of 8 same-form
+    questions about other people (0 of 8 with no retain examples, when the copies joined).
+    Near means: closer to the target's nearest forget example (cosine of the unit-norm
+    ``sentence(texts)`` embeddings) than :data:`NEAR_QUANTILE` of the ``generic`` prompts
+    are, and a target lacks near retain examples unless most of its retain examples are
+    near. Measured: D3's 20 authors (10 retain questions on other authors each) 90-100%
+    near; the France/Python test policy's retain examples (other countries, other
+    languages) 83% and 100%; the demo policy's 85%; WMDP topics with questions from
+    neighbouring MMLU subjects 75% and 83%; four everyday questions 0%; two everyday and two
+    about famous people 50%; world facts for real authors (protocol E1's policy) 2%.
+    Without generic prompts to compare with, every retain example counts as near.
+    """
+    generic = unique_texts(generic)
+    with_retain = [t for t in targets if unique_texts(t.retain)]
+    if not generic or not with_retain:
+        return [t for t in targets if not unique_texts(t.retain)]
+    reference = sentence(generic)
+    near: set[str] = set()
+    for t in with_retain:
+        forget = sentence(unique_texts(t.forget))
+        bar = np.quantile((reference @ forget.T).max(axis=1), NEAR_QUANTILE)
+        if np.mean((sentence(unique_texts(t.retain)) @ forget.T).max(axis=1) > bar) > 0.5:
+            near.add(t.id)
+    return [t for t in targets if t.id not in near]
 
 
 def candidate_swaps(targets: Sequence[TargetData], seed: int) -> list[Swaps]:
@@ -121,6 +160,6 @@ def with_swapped_retain(targets: list[TargetData], swaps: Sequence[Swaps]) -> tu
     out = with_copies(targets, swaps)
     listed = ", ".join(f"{tid!r} ({len(c)})" for tid, c in copies.items())
     return out, (
-        f". Entity targets without retain examples were given copies of their forget examples naming made-up "
-        f"people instead, trained on and calibrated (cross-fitted) as their retain examples: {listed}"
+        f". Entity targets without retain examples near them were given copies of their forget examples naming "
+        f"made-up people, trained on and calibrated (cross-fitted) as retain examples: {listed}"
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Required, TypedDict
 
 import numpy as np
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from eco_guard.classifier.background import background_prompts, near_negative_stand_ins
 from eco_guard.classifier.calibration import Calibration, joint_threshold
 from eco_guard.classifier.encoder import Encoder
-from eco_guard.classifier.feature_cache import corpus_features
+from eco_guard.classifier.embedded import Embedded
 from eco_guard.classifier.heads import (
     VIEWS,
     FeatureView,
@@ -44,7 +43,15 @@ from eco_guard.classifier.neighbours import (
     neighbour_scores,
     overlapping_targets,
 )
-from eco_guard.classifier.swaps import Swaps, candidate_swaps, entity_names, with_copies, with_swapped_retain, without_mentions
+from eco_guard.classifier.swaps import (
+    Swaps,
+    candidate_swaps,
+    entity_names,
+    lacking_near_retain,
+    with_copies,
+    with_swapped_retain,
+    without_mentions,
+)
 from eco_guard.errors import UserError
 
 
@@ -59,7 +66,8 @@ fixed weight cannot serve all three, so :func:`select_features` measures which s
 policy; 1.0, listed first, wins ties."""
 
 NO_NEAR_NEGATIVES = (
-    "no target has retain examples and the policy has no classifier.calibration set, so the false-positive rate "
+    "no target has retain examples near it (none, or only ones no nearer to it than everyday prompts) and the "
+    "policy has no classifier.calibration set, so the false-positive rate "
     "is certified only on eco-guard's built-in generic prompts (and, with several targets, the other targets' "
     "examples); prompts close to a target (other people, neighbouring topics) can be flagged far more often. Add "
     "retain examples of what must still pass, or a classifier.calibration sample of real traffic"
@@ -72,10 +80,6 @@ by a topic's, against a certified 1%."""
 
 RETAIN = "cross-fitted retain"
 """Name of the policy's own near negatives as a calibration source, as notes and reports give it."""
-
-_EMBED_CHUNK = 256
-"""Texts per progress-bar step while fitting; large enough to keep the encoder batched."""
-
 
 @dataclass(frozen=True)
 class TargetFit:
@@ -106,6 +110,9 @@ class TargetFit:
     n_swapped_retain: int = 0
     """How many of ``n_retain_train`` are name-swapped copies of its forget examples (see
     :func:`with_swapped_retain`), so the report does not pass them off as the policy's."""
+    lacks_near_retain: bool = False
+    """No retain examples near the target: none, or most no nearer than everyday prompts (see
+    :func:`lacking_near_retain`; always False with a calibration set, which says what is near)."""
 
 
 @dataclass(frozen=True)
@@ -147,8 +154,9 @@ def fit_heads(
     and the background prompts (with questions about made-up people and about other
     subjects when the policy has no retain examples or calibration set, see
     :func:`near_negative_stand_ins`). Half of the background is held out from every head.
-    Without a calibration set, an entity target with no retain examples gets copies of its
-    forget examples naming made-up people as retain examples (:mod:`eco_guard.classifier.swaps`).
+    Without a calibration set, an entity target with no retain examples near it (none, or
+    generic ones only, see :func:`lacking_near_retain`) gets copies of its forget examples
+    naming made-up people as retain examples (:mod:`eco_guard.classifier.swaps`).
     ``calibration`` (the policy's ``classifier.calibration`` negatives: a sample of the
     traffic the guard will see) is held out too. Without it, every head trains on all
     of its retain texts, and the retain texts calibrate *cross-fitted*: each half of a
@@ -184,16 +192,29 @@ def fit_heads(
     if not 0.0 < target_fpr < 1.0:
         raise UserError(f"target_fpr must be strictly between 0 and 1, got {target_fpr}")
     builtin = background is None
-    bare = lacks_near_negatives(targets, calibration)
-    corpora: dict[str, Sequence[str]] = {"held-out background": background_prompts() if background is None else background}
+    chat = background_prompts() if background is None else background
+    # Every distinct text is embedded once, whatever roles it plays in any fit below; the
+    # built-in corpora once per encoder (feature cache). A caller's own background is not
+    # cached: the cache holds a bounded set of corpora.
+    embedded = Embedded(encoder, progress=progress)
+    embedded.add_corpus(chat, cached=builtin)
+    embedded.add([s for t in targets for s in t.forget + t.retain] + list(calibration or []))
+    # With a calibration set the policy has said what near traffic looks like; without one,
+    # retain examples no nearer to their target than everyday prompts say nothing about it.
+    lacking = [] if calibration else lacking_near_retain(targets, lambda ts: view_columns(embedded.matrix(ts), "sentence", encoder.dim), chat)
+    lacking_ids = {t.id for t in lacking}
+    bare = lacks_near_negatives([t.id in lacking_ids for t in targets], calibration)
+    corpora: dict[str, Sequence[str]] = {"held-out background": chat}
     if builtin and bare:
         # Without near negatives of the policy's own, generic questions about made-up people and
         # about other subjects stand in for them (see near_negative_stand_ins for why only then).
         corpora.update(near_negative_stand_ins())
+        for corpus in near_negative_stand_ins().values():
+            embedded.add_corpus(corpus, cached=True)
     corpora = without_mentions(corpora, entity_names(targets))
-    # An entity target without retain examples may get its examples about made-up people as retain
-    # (swaps.py); with a calibration set the policy has said what near traffic looks like.
-    swaps = [] if calibration else candidate_swaps([t for t in targets if not t.retain], seed)
+    # An entity target without retain examples near it gets its examples about made-up people as retain (swaps.py).
+    swaps = candidate_swaps(lacking, seed)
+    embedded.add([c for sw in swaps for c in sw.copies], desc="embedding name-swapped copies")
     bg = unique_texts(s for corpus in corpora.values() for s in corpus)
     bg_order = np.random.default_rng(seed).permutation(len(bg))
     n_bg_cal = len(bg) // 2
@@ -202,14 +223,9 @@ def fit_heads(
         bg_cal=held_out_sources(corpora, [bg[i] for i in bg_order[:n_bg_cal]]),
         user_cal=unique_texts(calibration or []),
     )
-    # Every distinct text is embedded exactly once, whatever roles it plays in any fit below;
-    # the built-in background (rows 0..len(bg)-1, in corpus order) only once per encoder. A
-    # caller's own background is not cached: the cache holds a bounded set of corpora.
     texts = unique_texts(bg + [s for t in targets for s in t.forget + t.retain] + split.user_cal + [c for sw in swaps for c in sw.copies])
     row_of = {text: i for i, text in enumerate(texts)}
-    embed_background = partial(embed_texts, encoder, progress=progress, desc="embedding background (once per encoder)")
-    bg_feats = corpus_features(encoder, bg, embed_background) if builtin else embed_background(bg)
-    feats = np.concatenate([bg_feats, embed_texts(encoder, texts[len(bg) :], progress=progress)])
+    feats = embedded.matrix(texts)
     views: dict[FeatureView, np.ndarray] = {v: view_columns(feats, v, encoder.dim) for v in (VIEWS if encoder.feature_layers else ("sentence",))}
     # Only a fit without a calibration set uses other targets' examples as negatives.
     overlapping = frozenset() if split.user_cal else overlapping_targets(targets, views["sentence"], row_of)
@@ -243,6 +259,7 @@ def fit_heads(
             forget_scores=tuple(float(core.scores[row_of[s], i]) for s in target.forget if s in row_of),
             retain_scores=tuple(float(core.scores[row_of[s], i]) for s in target.retain if s in row_of),
             n_swapped_retain=len(trained.retain) - len(target.retain),
+            lacks_near_retain=target.id in lacking_ids,
         )
         for i, (target, trained, plan) in enumerate(zip(policy_targets, targets, core.plans))
     ]
@@ -264,13 +281,14 @@ def _retain_source_name(policy_retain: bool, copies: bool) -> str:
     return f"{RETAIN} and name-swapped copies" if policy_retain else "cross-fitted name-swapped copies"
 
 
-def lacks_near_negatives(targets: Sequence[TargetData], calibration: Sequence[str] | None) -> bool:
-    """True when the policy gives no negatives of its own near its targets: no retain examples, no calibration set.
+def lacks_near_negatives(lacking_near_retain: Sequence[bool], calibration: Sequence[str] | None) -> bool:
+    """True when the policy gives no negatives of its own near its targets: no calibration set, and no target has
+    retain examples near it (``lacking_near_retain``, one flag per target: see :func:`lacking_near_retain`).
 
     The built-in background is then all a head knows of "not this target", so the certified
     rate holds only for traffic like it; ``fit`` warns, and adds the stand-ins for near negatives.
     """
-    return not calibration and not any(t.retain for t in targets)
+    return not calibration and all(lacking_near_retain)
 
 
 def held_out_sources(corpora: dict[str, Sequence[str]], held_out: list[str]) -> dict[str, list[str]]:
@@ -486,14 +504,3 @@ def validate_targets(targets: list[TargetData]) -> None:
         seen.add(t.id)
         if not any(s.strip() for s in t.forget):
             raise UserError(f"target {t.id!r} has no forget examples")
-
-
-def embed_texts(encoder: Encoder, texts: list[str], *, progress: bool, desc: str = "embedding examples") -> np.ndarray:
-    """Embed in chunks so a long fit shows progress; chunking does not change the result."""
-    out = np.empty((len(texts), encoder.feature_dim), dtype=np.float32)
-    with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress or not texts, file=sys.stderr) as bar:
-        for start in range(0, len(texts), _EMBED_CHUNK):
-            chunk = texts[start : start + _EMBED_CHUNK]
-            out[start : start + len(chunk)] = encoder.features(chunk)
-            bar.update(len(chunk))
-    return out
