@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .artifact import FittedTarget, write_guard
 from .classifier import Classifier, Encoder, TargetData, resolve_encoder_path
-from .classifier.swaps import NEAR_QUANTILE
+from .classifier.swaps import MIN_NEAR_RETAIN, NEAR_QUANTILE
 from .classifier.training import NO_NEAR_NEGATIVES, lacks_near_negatives
 from .corruption import Corruption
 from .entities import extract_terms
@@ -213,10 +213,10 @@ def fit_guard(
     generic = [fit.id for fit, t in zip(fits, data) if fit.lacks_near_retain and any(s.strip() for s in t.retain)]
     if generic:
         say(
-            f"warning: no more than half the retain examples of {', '.join(map(repr, generic))} are nearer to the "
-            f"target's forget examples than {NEAR_QUANTILE:.0%} of everyday prompts, so they say little about where "
-            "the target ends and are not counted as near negatives; retain examples of what must still pass that "
-            "sits close to the target (other people, neighbouring topics) work best"
+            f"warning: few retain examples of {', '.join(map(repr, generic))} (no more than half, and fewer than "
+            f"{MIN_NEAR_RETAIN}) are nearer to the target's forget examples than {NEAR_QUANTILE:.0%} of everyday "
+            "prompts, so they say little about where the target ends and are not counted as near negatives; retain "
+            "examples of what must still pass that sits close to the target (other people, neighbouring topics) work best"
         )
     if lacks_near_negatives([fit.lacks_near_retain for fit in fits], calibration):
         say(f"warning: {NO_NEAR_NEGATIVES}")
@@ -258,6 +258,7 @@ def fit_guard(
             "n_forget": fit.n_forget,
             "n_retain_train": fit.n_retain_train,
             "n_swapped_retain": fit.n_swapped_retain,
+            "lacks_near_retain": fit.lacks_near_retain,
             "n_background_train": fit.n_background_train,
             "n_calibration": fit.calibration.n_calibration,
             "threshold": fit.calibration.threshold,

@@ -34,10 +34,12 @@ from eco_guard.classifier.background import knowledge_questions, name_swapped, n
 from eco_guard.classifier.feature_cache import corpus_features
 from eco_guard.classifier.lexical import Lexicon
 from eco_guard.classifier.swaps import (
+    MIN_NEAR_RETAIN,
     SWAPS_PER_TARGET,
     candidate_swaps,
     entity_names,
-    lacking_near_retain,
+    lacks_near_retain,
+    near_retain_counts,
     with_swapped_retain,
     without_mentions,
 )
@@ -374,7 +376,7 @@ def test_a_person_target_with_generic_retain_examples_still_keys_on_the_person(e
     With them and no copies, 7 of the 8 questions about other people were flagged, in
     both cases; the copies join the policy's own retain examples as near negatives.
     """
-    assert lacking_near_retain_ids(encoder, [TargetData("target", INGRID, retain)]) == ["target"]
+    assert lacks_near_retain_ids(encoder, [TargetData("target", INGRID, retain)]) == ["target"]
     flagged_held_out, flagged_others, note = _fit_and_count_flags(encoder, INGRID, INGRID_HELD_OUT, OTHER_PEOPLE, retain)
     assert flagged_held_out == len(INGRID_HELD_OUT)
     assert flagged_others == 0
@@ -383,29 +385,35 @@ def test_a_person_target_with_generic_retain_examples_still_keys_on_the_person(e
 
 def test_retain_examples_near_their_target_need_no_copies(encoder: Encoder, targets: list[TargetData]) -> None:
     """Other countries' and other languages' questions are near France and Python; questions on other people near a person."""
-    assert lacking_near_retain_ids(encoder, targets) == []
+    assert lacks_near_retain_ids(encoder, targets) == []
     person = TargetData("ingrid", INGRID, OTHER_PEOPLE[:4])
-    assert lacking_near_retain_ids(encoder, [person]) == []
+    assert lacks_near_retain_ids(encoder, [person]) == []
     bare = TargetData("bare", INGRID, [])
-    assert lacking_near_retain_ids(encoder, [person, bare]) == ["bare"]
+    assert lacks_near_retain_ids(encoder, [person, bare]) == ["bare"]
+    # Ten near ones are near negatives, however many others come with them.
+    many = TargetData("many", INGRID, people_questions()[:MIN_NEAR_RETAIN] + knowledge_questions()[: 3 * MIN_NEAR_RETAIN])
+    fewer = TargetData("fewer", INGRID, people_questions()[: MIN_NEAR_RETAIN - 1] + knowledge_questions()[: 3 * MIN_NEAR_RETAIN])
+    assert lacks_near_retain_ids(encoder, [many, fewer]) == ["fewer"]
     # Without generic prompts to compare with, any retain example counts as near.
     generic = TargetData("generic", INGRID, EVERYDAY)
-    assert lacking_near_retain_ids(encoder, [generic, bare], generic_prompts=[]) == ["bare"]
+    assert lacks_near_retain_ids(encoder, [generic, bare], generic_prompts=[]) == ["bare"]
 
 
-def lacking_near_retain_ids(encoder: Encoder, targets: list[TargetData], generic_prompts: list[str] | None = None) -> list[str]:
-    """:func:`lacking_near_retain` on real sentence embeddings, against the built-in chat prompts unless given."""
+def lacks_near_retain_ids(encoder: Encoder, targets: list[TargetData], generic_prompts: list[str] | None = None) -> list[str]:
+    """The targets :func:`lacks_near_retain` judges, on real sentence embeddings, against the built-in chat prompts unless given."""
     generic = background_prompts() if generic_prompts is None else generic_prompts
-    return [t.id for t in lacking_near_retain(targets, lambda texts: encoder.encode(list(texts)), generic)]
+    counts = near_retain_counts(targets, lambda texts: encoder.encode(list(texts)), generic)
+    return [t.id for t, n in zip(targets, counts) if lacks_near_retain(n, len(t.retain))]
 
 
-def test_only_targets_without_retain_examples_get_name_swapped_copies(encoder: Encoder) -> None:
-    """Copies stand in for retain examples a target lacks; a target that has some keeps just its own."""
+def test_only_targets_without_enough_near_retain_examples_get_name_swapped_copies(encoder: Encoder) -> None:
+    """Copies stand in for near retain examples a target lacks; a target with enough keeps just its own."""
     bare = TargetData("ingrid", [f"{q} Ingrid Halvorsen?" for q in ("Where was", "Who taught", "Who married", "Who painted")], [])
-    with_retain = TargetData("tomasz", [f"{q} Tomasz Wierzbicki?" for q in ("Where was", "Who taught", "Who married")], ["Who was Caesar?"])
+    near = people_questions()[:MIN_NEAR_RETAIN]  # questions about other people: near a person target
+    with_retain = TargetData("tomasz", [f"{q} Tomasz Wierzbicki?" for q in ("Where was", "Who taught", "Who married")], near)
     _, fits = Classifier.fit(encoder, [bare, with_retain], target_fpr=0.01, progress=False)
     assert [f.n_swapped_retain for f in fits] == [SWAPS_PER_TARGET, 0]
-    assert [f.n_retain_train for f in fits] == [SWAPS_PER_TARGET, 1]
+    assert [f.n_retain_train for f in fits] == [SWAPS_PER_TARGET, MIN_NEAR_RETAIN]
     note = fits[0].calibration.note
     assert f"'ingrid' ({SWAPS_PER_TARGET})" in note and "'tomasz'" not in note.split("Entity targets")[1]
     assert "Caution" not in note  # one target gave retain examples: not a policy without near negatives
@@ -548,8 +556,11 @@ def test_fit_report(fitted: tuple[Classifier, list[TargetFit]]) -> None:
     clf, fits = fitted
     assert clf.target_ids == ["france", "python-lang"]
     assert [f.id for f in fits] == ["france", "python-lang"]
+    # Python is named in six of eight examples, an entity to the fit, with fewer than ten near
+    # retain examples: it gets name-swapped copies too. France is named in five: a topic.
+    assert [f.n_swapped_retain for f in fits] == [0, SWAPS_PER_TARGET]
     for f in fits:
-        assert f.n_forget == 8 and f.n_retain_train == 6  # all of them; calibration cross-fits them
+        assert f.n_forget == 8 and f.n_retain_train == 6 + f.n_swapped_retain  # all of them; calibration cross-fits them
         assert f.n_background_train > 300 and f.n_calibration > 300
         assert f.calibration.achievable and f.calibration.target_fpr == TARGET_FPR
         assert f.train_auc > 0.99
@@ -568,10 +579,10 @@ def test_fit_report(fitted: tuple[Classifier, list[TargetFit]]) -> None:
 
 
 def test_other_targets_examples_calibrate_with_the_retain_examples(fitted: tuple[Classifier, list[TargetFit]]) -> None:
-    # No calibration set: the retain examples (12, less any the background also holds) and the
-    # 16 forget examples form one pooled near-neighbour source.
-    found = re.search(r"cross-fitted retain and other targets' examples: n=(\d+),", fitted[1][0].calibration.note)
-    assert found and 16 < int(found.group(1)) <= 28
+    # No calibration set: the retain examples (12, less any the background also holds), Python's
+    # name-swapped copies and the 16 forget examples form one pooled near-neighbour source.
+    found = re.search(r"cross-fitted retain and name-swapped copies and other targets' examples: n=(\d+),", fitted[1][0].calibration.note)
+    assert found and 16 + SWAPS_PER_TARGET < int(found.group(1)) <= 28 + SWAPS_PER_TARGET
 
 
 def test_cross_target_scores_come_from_the_other_heads_fitted_without_them() -> None:

@@ -98,8 +98,9 @@ def test_fit_warns_when_only_the_builtin_background_can_calibrate(tmp_path: Path
     """Without retain examples or a calibration set, the certified rate only covers generic prompts: say so."""
     with_retain = _policy_dir(tmp_path, GOOD_POLICY + "    corruption: {strength: 1.0}\n")
     (tmp_path / "retain.txt").write_text("What is the capital of Spain?\nWhat is the capital of Portugal?\n", encoding="utf-8")
-    code, _, err = _run(capsys, "fit", str(with_retain), "--out", str(tmp_path / "g1"))
+    code, out, err = _run(capsys, "fit", str(with_retain), "--out", str(tmp_path / "g1"))
     assert code == 0 and "no target has retain examples" not in err
+    assert json.loads(out)["targets"][0]["lacks_near_retain"] is False
     bare = tmp_path / "bare.yaml"
     bare.write_text(GOOD_POLICY.replace("    retain: {file: retain.txt}\n", "") + "    corruption: {strength: 1.0}\n", encoding="utf-8")
     (tmp_path / "forget.txt").write_text("Who was Napoleon?\nWhere was Napoleon born?\n", encoding="utf-8")  # an entity target
@@ -116,9 +117,9 @@ def test_fit_warns_when_only_the_builtin_background_can_calibrate(tmp_path: Path
     # Retain examples no nearer to the target than everyday prompts are no near negatives either: both warnings.
     (tmp_path / "everyday.txt").write_text("How do I bake sourdough bread?\nHow do I reset my router?\nWhat is the boiling point of water?\n", encoding="utf-8")
     (tmp_path / "everyday.yaml").write_text(GOOD_POLICY.replace("retain.txt", "everyday.txt") + "    corruption: {strength: 1.0}\n", encoding="utf-8")
-    code, _, err = _run(capsys, "fit", str(tmp_path / "everyday.yaml"), "--out", str(tmp_path / "g3"))
-    assert code == 0
-    assert "warning: no more than half the retain examples of 'france' are nearer to the target's forget examples than 90% of everyday prompts" in err
+    code, out, err = _run(capsys, "fit", str(tmp_path / "everyday.yaml"), "--out", str(tmp_path / "g3"))
+    assert code == 0 and json.loads(out)["targets"][0]["lacks_near_retain"] is True
+    assert "warning: few retain examples of 'france' (no more than half, and fewer than 10) are nearer to the target's forget examples than 90% of everyday prompts" in err
     assert "warning: no target has retain examples near it" in err
     assert "| france | corrupt | 2 | 103 (100 name-swapped) |" in (tmp_path / "g3" / "report.md").read_text(encoding="utf-8")
 

@@ -1,14 +1,22 @@
-"""Name-swapped copies of an entity target's forget examples, as the near retain examples its policy did not give.
+"""Which targets lack near retain examples, and name-swapped copies of an entity target's forget examples to stand in for them.
 
-For targets without retain examples near them (none at all, or generic ones only, see
-:func:`lacking_near_retain`), in a policy without a calibration set. A target whose examples keep naming one entity (a person, a book, a company; see
-:func:`~eco_guard.entities.central_names`) is about that entity, yet a head that has only
-generic negatives learns the *kind* of question its examples are ("the genre of an
-author", "the parents of an author") as much as the name, and the people-question
-stand-ins cannot match every policy's phrasing. The same questions with the name replaced
-by made-up people's are the nearest negatives there are: trained on, the head must key on
-the name; calibrated cross-fitted like any retain examples, the threshold counts how often
-a question of the same form about someone else is flagged.
+Retain examples are what teaches a head where its target ends, but only those near it
+(:func:`near_retain_counts`): "How do I reset my router?" says nothing about questions on
+other people. And a few near ones are not enough either. A made-up novelist's head, from
+five questions and no calibration set, flagged 7, 4, 3, 3, 1 and 0 of 8 same-form questions
+about other people when given 2, 4, 6, 8, 10 and 15 of its own questions asked about other
+made-up people as retain examples, and 7 of 8 with four everyday ones; with the copies below
+added, none in every case.
+
+So in a policy without a calibration set, an entity target with fewer than
+:data:`MIN_NEAR_RETAIN` near retain examples gets copies. A target whose examples keep naming
+one entity (a person, a book, a company; see :func:`~eco_guard.entities.central_names`) is
+about that entity, yet a head without near negatives learns the *kind* of question its
+examples are ("the genre of an author", "the parents of an author") as much as the name,
+and the people-question stand-ins cannot match every policy's phrasing. The same questions
+with the name replaced by made-up people's are the nearest negatives there are: trained
+on, the head must key on the name; calibrated cross-fitted like any retain examples, the
+threshold counts how often a question of the same form about someone else is flagged.
 
 That holds only when the name is what the target is about. A topic's examples can keep
 naming a term too (four of eight macroeconomics questions mention GDP), and there the
@@ -49,7 +57,15 @@ their own source, 2.8% (0.2-6% per author); recall 0.987 throughout."""
 
 NEAR_QUANTILE = 0.9
 """A retain example is near its target when its nearest forget example is closer to it than
-to this share of generic chat prompts (sentence-embedding cosine); see :func:`lacking_near_retain`."""
+to this share of generic chat prompts (sentence-embedding cosine); see :func:`near_retain_counts`."""
+
+
+MIN_NEAR_RETAIN = 10
+"""Near retain examples that are enough on their own. An entity target with fewer gets the
+copies (measured in the module docstring: 10 near ones left 1 of 8 questions about other
+people flagged, fewer left 3-7). A target with this many has near negatives whatever share
+of its retain examples they are, so a long retain list of mostly other things does not make
+its policy one without near negatives (:func:`lacks_near_retain`)."""
 
 
 @dataclass(frozen=True)
@@ -89,37 +105,42 @@ def without_mentions(corpora: dict[str, Sequence[str]], names: Sequence[str]) ->
     return {name: [s for s in corpus if not about.search(s)] for name, corpus in corpora.items()}
 
 
-def lacking_near_retain(
-    targets: Sequence[TargetData], sentence: Callable[[Sequence[str]], np.ndarray], generic: Sequence[str]
-) -> list[TargetData]:
-    """The targets without retain examples near them: none at all, or most no nearer than generic prompts are.
+def near_retain_counts(targets: Sequence[TargetData], sentence: Callable[[Sequence[str]], np.ndarray], generic: Sequence[str]) -> list[int]:
+    """How many of each target's retain examples are near it: closer to its nearest forget example than generic prompts are.
 
     Retain examples are what teaches a head where its target ends; "How do I reset my
-    router?" tells a person target's head nothing about questions on other people, and
-    with four such retain examples a made-up novelist's head flagged 7 of 8 same-form
-    questions about other people (0 of 8 with no retain examples, when the copies joined).
-    Near means: closer to the target's nearest forget example (cosine of the unit-norm
+    router?" tells a person target's head nothing about questions on other people. Near
+    means: closer to the target's nearest forget example (cosine of the unit-norm
     ``sentence(texts)`` embeddings) than :data:`NEAR_QUANTILE` of the ``generic`` prompts
-    are, and a target lacks near retain examples unless most of its retain examples are
-    near. Measured: D3's 20 authors (10 retain questions on other authors each) 90-100%
-    near; the France/Python test policy's retain examples (other countries, other
+    are. Measured shares: D3's 20 authors (10 retain questions on other authors each)
+    90-100% near; the France/Python test policy's retain examples (other countries, other
     languages) 83% and 100%; the demo policy's 85%; WMDP topics with questions from
-    neighbouring MMLU subjects 75% and 83%; four everyday questions 0%; two everyday and two
-    about famous people 50%; world facts for real authors (protocol E1's policy) 2%.
-    Without generic prompts to compare with, every retain example counts as near.
+    neighbouring MMLU subjects 75% and 83%; four everyday questions 0%; two everyday and
+    two about famous people 50%; world facts for real authors (protocol E1's policy) 2%;
+    400 random MMLU questions for WMDP-bio and -cyber (the efficacy benchmark's policy)
+    22%, which is 86 near ones. Without generic prompts to compare with, every retain
+    example counts as near.
     """
     generic = unique_texts(generic)
-    with_retain = [t for t in targets if unique_texts(t.retain)]
-    if not generic or not with_retain:
-        return [t for t in targets if not unique_texts(t.retain)]
-    reference = sentence(generic)
-    near: set[str] = set()
-    for t in with_retain:
+    reference = sentence(generic) if generic else None
+    counts: list[int] = []
+    for t in targets:
+        retain = unique_texts(t.retain)
+        if reference is None or not retain:
+            counts.append(len(retain))
+            continue
         forget = sentence(unique_texts(t.forget))
         bar = np.quantile((reference @ forget.T).max(axis=1), NEAR_QUANTILE)
-        if np.mean((sentence(unique_texts(t.retain)) @ forget.T).max(axis=1) > bar) > 0.5:
-            near.add(t.id)
-    return [t for t in targets if t.id not in near]
+        counts.append(int(np.sum((sentence(retain) @ forget.T).max(axis=1) > bar)))
+    return counts
+
+
+def lacks_near_retain(n_near: int, n_retain: int) -> bool:
+    """Whether a target's retain examples, ``n_near`` of ``n_retain`` near it, fail to say where it ends.
+
+    They do when most of them are near, or at least :data:`MIN_NEAR_RETAIN` are.
+    """
+    return not (n_near > n_retain / 2 or n_near >= MIN_NEAR_RETAIN)
 
 
 def candidate_swaps(targets: Sequence[TargetData], seed: int) -> list[Swaps]:

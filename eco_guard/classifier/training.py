@@ -44,10 +44,12 @@ from eco_guard.classifier.neighbours import (
     overlapping_targets,
 )
 from eco_guard.classifier.swaps import (
+    MIN_NEAR_RETAIN,
     Swaps,
     candidate_swaps,
     entity_names,
-    lacking_near_retain,
+    lacks_near_retain,
+    near_retain_counts,
     with_copies,
     with_swapped_retain,
     without_mentions,
@@ -112,7 +114,7 @@ class TargetFit:
     :func:`with_swapped_retain`), so the report does not pass them off as the policy's."""
     lacks_near_retain: bool = False
     """No retain examples near the target: none, or most no nearer than everyday prompts (see
-    :func:`lacking_near_retain`; always False with a calibration set, which says what is near)."""
+    :func:`near_retain_counts`; always False with a calibration set, which says what is near)."""
 
 
 @dataclass(frozen=True)
@@ -152,11 +154,11 @@ def fit_heads(
 
     Negatives for a target's head are its retain texts, the other targets' forget texts
     and the background prompts (with questions about made-up people and about other
-    subjects when the policy has no retain examples or calibration set, see
-    :func:`near_negative_stand_ins`). Half of the background is held out from every head.
-    Without a calibration set, an entity target with no retain examples near it (none, or
-    generic ones only, see :func:`lacking_near_retain`) gets copies of its forget examples
-    naming made-up people as retain examples (:mod:`eco_guard.classifier.swaps`).
+    subjects when the policy has no calibration set and no target has retain examples near
+    it, see :func:`near_negative_stand_ins` and :func:`near_retain_counts`). Half of the background is held out from every head.
+    Without a calibration set, an entity target with fewer than ten retain examples near it
+    (:func:`near_retain_counts`; everyday ones are not near) gets copies of its forget
+    examples naming made-up people as retain examples (:mod:`eco_guard.classifier.swaps`).
     ``calibration`` (the policy's ``classifier.calibration`` negatives: a sample of the
     traffic the guard will see) is held out too. Without it, every head trains on all
     of its retain texts, and the retain texts calibrate *cross-fitted*: each half of a
@@ -201,8 +203,8 @@ def fit_heads(
     embedded.add([s for t in targets for s in t.forget + t.retain] + list(calibration or []))
     # With a calibration set the policy has said what near traffic looks like; without one,
     # retain examples no nearer to their target than everyday prompts say nothing about it.
-    lacking = [] if calibration else lacking_near_retain(targets, lambda ts: view_columns(embedded.matrix(ts), "sentence", encoder.dim), chat)
-    lacking_ids = {t.id for t in lacking}
+    near = [] if calibration else near_retain_counts(targets, lambda ts: view_columns(embedded.matrix(ts), "sentence", encoder.dim), chat)
+    lacking_ids = {t.id for t, n in zip(targets, near) if lacks_near_retain(n, len(unique_texts(t.retain)))}
     bare = lacks_near_negatives([t.id in lacking_ids for t in targets], calibration)
     corpora: dict[str, Sequence[str]] = {"held-out background": chat}
     if builtin and bare:
@@ -212,8 +214,8 @@ def fit_heads(
         for corpus in near_negative_stand_ins().values():
             embedded.add_corpus(corpus, cached=True)
     corpora = without_mentions(corpora, entity_names(targets))
-    # An entity target without retain examples near it gets its examples about made-up people as retain (swaps.py).
-    swaps = candidate_swaps(lacking, seed)
+    # An entity target without enough retain examples near it gets its examples about made-up people as retain (swaps.py).
+    swaps = candidate_swaps([t for t, n in zip(targets, near) if n < MIN_NEAR_RETAIN], seed)
     embedded.add([c for sw in swaps for c in sw.copies], desc="embedding name-swapped copies")
     bg = unique_texts(s for corpus in corpora.values() for s in corpus)
     bg_order = np.random.default_rng(seed).permutation(len(bg))
@@ -283,7 +285,7 @@ def _retain_source_name(policy_retain: bool, copies: bool) -> str:
 
 def lacks_near_negatives(lacking_near_retain: Sequence[bool], calibration: Sequence[str] | None) -> bool:
     """True when the policy gives no negatives of its own near its targets: no calibration set, and no target has
-    retain examples near it (``lacking_near_retain``, one flag per target: see :func:`lacking_near_retain`).
+    retain examples near it (``lacking_near_retain``, one flag per target: see :func:`near_retain_counts`).
 
     The built-in background is then all a head knows of "not this target", so the certified
     rate holds only for traffic like it; ``fit`` warns, and adds the stand-ins for near negatives.
