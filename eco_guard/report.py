@@ -113,12 +113,16 @@ def _search_lines(targets: list[dict[str, Any]], plot: str | None) -> list[str]:
 
 
 def _retain_cell(target: dict[str, Any]) -> str:
-    """Retain rows trained on, saying how many were name-swapped copies rather than the policy's own.
+    """Retain rows trained on, saying how many were name-swapped copies, and whether the policy's own were near the target.
 
-    Reports written before the copies existed lack the count; they had none.
+    Reports written before the copies or the nearness test existed lack those keys; they had neither.
     """
     swapped = target.get("n_swapped_retain", 0)
-    return f"{target['n_retain_train']} ({swapped} name-swapped)" if swapped else str(target["n_retain_train"])
+    own = target["n_retain_train"] - swapped
+    notes = [f"{swapped} name-swapped"] if swapped else []
+    if own and target.get("lacks_near_retain", False):
+        notes.append("the policy's not near")
+    return f"{target['n_retain_train']} ({'; '.join(notes)})" if notes else str(target["n_retain_train"])
 
 
 def _calibration_section(targets: list[dict[str, Any]]) -> list[str]:

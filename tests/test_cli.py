@@ -121,7 +121,7 @@ def test_fit_warns_when_only_the_builtin_background_can_calibrate(tmp_path: Path
     assert code == 0 and json.loads(out)["targets"][0]["lacks_near_retain"] is True
     assert "warning: few retain examples of 'france' (no more than half, and fewer than 10) are nearer to the target's forget examples than 90% of everyday prompts" in err
     assert "warning: no target has retain examples near it" in err
-    assert "| france | corrupt | 2 | 103 (100 name-swapped) |" in (tmp_path / "g3" / "report.md").read_text(encoding="utf-8")
+    assert "| france | corrupt | 2 | 103 (100 name-swapped; the policy's not near) |" in (tmp_path / "g3" / "report.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

@@ -181,6 +181,6 @@ def with_swapped_retain(targets: list[TargetData], swaps: Sequence[Swaps]) -> tu
     out = with_copies(targets, swaps)
     listed = ", ".join(f"{tid!r} ({len(c)})" for tid, c in copies.items())
     return out, (
-        f". Entity targets without retain examples near them were given copies of their forget examples naming "
-        f"made-up people, trained on and calibrated (cross-fitted) as retain examples: {listed}"
+        f". Entity targets with fewer than {MIN_NEAR_RETAIN} retain examples near them were given copies of their "
+        f"forget examples naming made-up people, trained on and calibrated (cross-fitted) as retain examples: {listed}"
     )

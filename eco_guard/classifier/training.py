@@ -203,7 +203,9 @@ def fit_heads(
     embedded.add([s for t in targets for s in t.forget + t.retain] + list(calibration or []))
     # With a calibration set the policy has said what near traffic looks like; without one,
     # retain examples no nearer to their target than everyday prompts say nothing about it.
-    near = [] if calibration else near_retain_counts(targets, lambda ts: view_columns(embedded.matrix(ts), "sentence", encoder.dim), chat)
+    near: list[int] = []  # near retain examples per target; none are looked for with a calibration set
+    if not calibration:
+        near = near_retain_counts(targets, lambda ts: view_columns(embedded.matrix(ts), "sentence", encoder.dim), chat)
     lacking_ids = {t.id for t, n in zip(targets, near) if lacks_near_retain(n, len(unique_texts(t.retain)))}
     bare = lacks_near_negatives([t.id in lacking_ids for t in targets], calibration)
     corpora: dict[str, Sequence[str]] = {"held-out background": chat}
