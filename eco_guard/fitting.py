@@ -218,7 +218,7 @@ def fit_guard(
             "prompts, so they say little about where the target ends and are not counted as near negatives; retain "
             "examples of what must still pass that sits close to the target (other people, neighbouring topics) work best"
         )
-    if lacks_near_negatives([fit.lacks_near_retain for fit in fits], calibration):
+    if lacks_near_negatives(sum(fit.n_near_retain for fit in fits), calibration):
         say(f"warning: {NO_NEAR_NEGATIVES}")
     swapped = ", ".join(f"{fit.id!r} ({fit.n_swapped_retain})" for fit in fits if fit.n_swapped_retain)
     if swapped:
@@ -259,6 +259,7 @@ def fit_guard(
             "n_retain_train": fit.n_retain_train,
             "n_swapped_retain": fit.n_swapped_retain,
             "lacks_near_retain": fit.lacks_near_retain,
+            "n_near_retain": fit.n_near_retain,
             "n_background_train": fit.n_background_train,
             "n_calibration": fit.calibration.n_calibration,
             "threshold": fit.calibration.threshold,

@@ -97,20 +97,21 @@ def test_check_one_text(demo_guard_dir: Path, capsys) -> None:
 def test_fit_warns_when_only_the_builtin_background_can_calibrate(tmp_path: Path, capsys) -> None:
     """Without retain examples or a calibration set, the certified rate only covers generic prompts: say so."""
     with_retain = _policy_dir(tmp_path, GOOD_POLICY + "    corruption: {strength: 1.0}\n")
-    (tmp_path / "retain.txt").write_text("What is the capital of Spain?\nWhat is the capital of Portugal?\n", encoding="utf-8")
+    capitals = "".join(f"What is the capital of {c}?\n" for c in ("Spain", "Portugal", "Peru", "Chile", "Kenya", "Ghana", "Nepal", "Laos", "Fiji", "Malta", "Cuba"))
+    (tmp_path / "retain.txt").write_text(capitals, encoding="utf-8")  # ten or more near retain examples
     code, out, err = _run(capsys, "fit", str(with_retain), "--out", str(tmp_path / "g1"))
-    assert code == 0 and "no target has retain examples" not in err
+    assert code == 0 and "retain examples near its targets" not in err
     assert json.loads(out)["targets"][0]["lacks_near_retain"] is False
     bare = tmp_path / "bare.yaml"
     bare.write_text(GOOD_POLICY.replace("    retain: {file: retain.txt}\n", "") + "    corruption: {strength: 1.0}\n", encoding="utf-8")
     (tmp_path / "forget.txt").write_text("Who was Napoleon?\nWhere was Napoleon born?\n", encoding="utf-8")  # an entity target
     code, _, err = _run(capsys, "fit", str(bare), "--out", str(tmp_path / "g2"))
     assert code == 0
-    assert "warning: no target has retain examples" in err and "classifier.calibration" in err
+    assert "warning: the policy has fewer than 10 retain examples near its targets" in err and "classifier.calibration" in err
     assert "copies of their forget examples naming made-up people, as retain examples: 'france' (100)" in err
     # The fit report, which a compliance reader keeps, says it too; the policy with retain examples does not.
     report = (tmp_path / "g2" / "report.md").read_text(encoding="utf-8")
-    assert "Caution: no target has retain examples" in report
+    assert "Caution: the policy has fewer than 10 retain examples near its targets" in report
     assert "Caution" not in (tmp_path / "g1" / "report.md").read_text(encoding="utf-8")
     # Its stand-in retain examples, copies of the forget examples about made-up people, are counted apart.
     assert "| france | corrupt | 2 | 100 (100 name-swapped) |" in report and "naming made-up people" in report
@@ -120,7 +121,7 @@ def test_fit_warns_when_only_the_builtin_background_can_calibrate(tmp_path: Path
     code, out, err = _run(capsys, "fit", str(tmp_path / "everyday.yaml"), "--out", str(tmp_path / "g3"))
     assert code == 0 and json.loads(out)["targets"][0]["lacks_near_retain"] is True
     assert "warning: few retain examples of 'france' (no more than half, and fewer than 10) are nearer to the target's forget examples than 90% of everyday prompts" in err
-    assert "warning: no target has retain examples near it" in err
+    assert "warning: the policy has fewer than 10 retain examples near its targets" in err
     assert "| france | corrupt | 2 | 103 (100 name-swapped; the policy's not near) |" in (tmp_path / "g3" / "report.md").read_text(encoding="utf-8")
 
 

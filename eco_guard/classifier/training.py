@@ -68,8 +68,8 @@ fixed weight cannot serve all three, so :func:`select_features` measures which s
 policy; 1.0, listed first, wins ties."""
 
 NO_NEAR_NEGATIVES = (
-    "no target has retain examples near it (none, or only ones no nearer to it than everyday prompts) and the "
-    "policy has no classifier.calibration set, so the false-positive rate "
+    f"the policy has fewer than {MIN_NEAR_RETAIN} retain examples near its targets (everyday ones are not near) "
+    "and no classifier.calibration set, so the false-positive rate "
     "is certified only on eco-guard's built-in generic prompts (and, with several targets, the other targets' "
     "examples); prompts close to a target (other people, neighbouring topics) can be flagged far more often. Add "
     "retain examples of what must still pass, or a classifier.calibration sample of real traffic"
@@ -115,6 +115,8 @@ class TargetFit:
     lacks_near_retain: bool = False
     """No retain examples near the target: none, or most no nearer than everyday prompts (see
     :func:`near_retain_counts`; always False with a calibration set, which says what is near)."""
+    n_near_retain: int = 0
+    """How many of the policy's retain examples for this target are near it (0 with a calibration set)."""
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,8 @@ def fit_heads(
 
     Negatives for a target's head are its retain texts, the other targets' forget texts
     and the background prompts (with questions about made-up people and about other
-    subjects when the policy has no calibration set and no target has retain examples near
-    it, see :func:`near_negative_stand_ins` and :func:`near_retain_counts`). Half of the background is held out from every head.
+    subjects when the policy has no calibration set and fewer than ten retain examples near
+    its targets, see :func:`near_negative_stand_ins` and :func:`lacks_near_negatives`). Half of the background is held out from every head.
     Without a calibration set, an entity target with fewer than ten retain examples near it
     (:func:`near_retain_counts`; everyday ones are not near) gets copies of its forget
     examples naming made-up people as retain examples (:mod:`eco_guard.classifier.swaps`).
@@ -207,7 +209,7 @@ def fit_heads(
     if not calibration:
         near = near_retain_counts(targets, lambda ts: view_columns(embedded.matrix(ts), "sentence", encoder.dim), chat)
     lacking_ids = {t.id for t, n in zip(targets, near) if lacks_near_retain(n, len(unique_texts(t.retain)))}
-    bare = lacks_near_negatives([t.id in lacking_ids for t in targets], calibration)
+    bare = lacks_near_negatives(sum(near), calibration)
     corpora: dict[str, Sequence[str]] = {"held-out background": chat}
     if builtin and bare:
         # Without near negatives of the policy's own, generic questions about made-up people and
@@ -264,6 +266,7 @@ def fit_heads(
             retain_scores=tuple(float(core.scores[row_of[s], i]) for s in target.retain if s in row_of),
             n_swapped_retain=len(trained.retain) - len(target.retain),
             lacks_near_retain=target.id in lacking_ids,
+            n_near_retain=near[i] if near else 0,
         )
         for i, (target, trained, plan) in enumerate(zip(policy_targets, targets, core.plans))
     ]
@@ -285,14 +288,18 @@ def _retain_source_name(policy_retain: bool, copies: bool) -> str:
     return f"{RETAIN} and name-swapped copies" if policy_retain else "cross-fitted name-swapped copies"
 
 
-def lacks_near_negatives(lacking_near_retain: Sequence[bool], calibration: Sequence[str] | None) -> bool:
-    """True when the policy gives no negatives of its own near its targets: no calibration set, and no target has
-    retain examples near it (``lacking_near_retain``, one flag per target: see :func:`near_retain_counts`).
+def lacks_near_negatives(n_near_retain: int, calibration: Sequence[str] | None) -> bool:
+    """True when the policy gives too few negatives of its own near its targets: no calibration set, and fewer
+    than :data:`MIN_NEAR_RETAIN` retain examples near their targets over all targets (see :func:`near_retain_counts`).
 
     The built-in background is then all a head knows of "not this target", so the certified
-    rate holds only for traffic like it; ``fit`` warns, and adds the stand-ins for near negatives.
+    rate holds only for traffic like it; ``fit`` warns, and adds the stand-ins for near
+    negatives. A few near retain examples are not enough: a WMDP topic from 20 questions, with
+    one or two questions from each of three neighbouring MMLU subjects as retain examples,
+    flagged 7-10% and 3% of the other subjects' questions (the stand-ins bring a topic to
+    2.4-3.4%), against 0.2-0.4% with four from each.
     """
-    return not calibration and all(lacking_near_retain)
+    return not calibration and n_near_retain < MIN_NEAR_RETAIN
 
 
 def held_out_sources(corpora: dict[str, Sequence[str]], held_out: list[str]) -> dict[str, list[str]]:
