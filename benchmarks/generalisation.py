@@ -25,7 +25,8 @@ Probes (target FPR 0.01, no calibration set; no retain examples but in P4, P6 an
   non-test rows, TOFU retain rows 1800-2699, world facts.
 - **P4 topic with retain**: P2's 20 questions plus 12 retain examples, the first 4
   non-test questions of each of three neighbouring MMLU subjects: the contrast case, a
-  topic policy that does give near negatives (so no stand-ins join its background).
+  topic policy that does give near negatives (for cyber 10 of the 12 are near, so no
+  stand-ins join its background; for bio 9, fewer than the fit's 10, so they do).
   Negatives: the rest of those subjects ("MMLU related"), every other subject's non-test
   rows ("MMLU"), TOFU retain rows 1800-2699.
 - **P5 people**: ten TOFU authors as ten targets of 5 questions each, in one policy: the

@@ -157,8 +157,8 @@ def fit_heads(
     Negatives for a target's head are its retain texts, the other targets' forget texts
     and the background prompts (with questions about made-up people and about other
     subjects when the policy has no calibration set and fewer than ten retain examples near
-    its targets, see :func:`near_negative_stand_ins` and :func:`lacks_near_negatives`). Half of the background is held out from every head.
-    Without a calibration set, an entity target with fewer than ten retain examples near it
+    its targets, see :func:`near_negative_stand_ins` and :func:`lacks_near_negatives`). Half
+    of the background is held out from every head. Without a calibration set, an entity target with fewer than ten retain examples near it
     (:func:`near_retain_counts`; everyday ones are not near) gets copies of its forget
     examples naming made-up people as retain examples (:mod:`eco_guard.classifier.swaps`).
     ``calibration`` (the policy's ``classifier.calibration`` negatives: a sample of the
@@ -214,8 +214,9 @@ def fit_heads(
     if builtin and bare:
         # Without near negatives of the policy's own, generic questions about made-up people and
         # about other subjects stand in for them (see near_negative_stand_ins for why only then).
-        corpora.update(near_negative_stand_ins())
-        for corpus in near_negative_stand_ins().values():
+        stand_ins = near_negative_stand_ins()
+        corpora.update(stand_ins)
+        for corpus in stand_ins.values():
             embedded.add_corpus(corpus, cached=True)
     corpora = without_mentions(corpora, entity_names(targets))
     # An entity target without enough retain examples near it gets its examples about made-up people as retain (swaps.py).
