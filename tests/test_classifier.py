@@ -31,6 +31,7 @@ from eco_guard.classifier import (
 )
 from eco_guard.classifier import heads, neighbours
 from eco_guard.classifier.background import knowledge_questions, name_swapped, near_negative_stand_ins, people_questions
+from eco_guard.classifier.embedded import Embedded
 from eco_guard.classifier.feature_cache import corpus_features
 from eco_guard.classifier.lexical import Lexicon
 from eco_guard.classifier.swaps import (
@@ -516,6 +517,20 @@ def test_background_corpus() -> None:
     assert all(p == p.strip() and p for p in prompts)
     prompts.clear()
     assert len(background_prompts()) >= 600  # callers cannot corrupt the cached corpus
+
+
+def test_embedded_texts_keep_their_rows_across_steps(encoder: Encoder) -> None:
+    """A fit embeds in steps (corpus, examples, copies); every text keeps the features it was first given."""
+    embedded = Embedded(encoder, progress=False)
+    embedded.add_corpus(["How do I bake bread?", "Explain photosynthesis.", "How do I bake bread?"], cached=False)
+    embedded.add(["What is the capital of France?", "Explain photosynthesis.", "  "])
+    embedded.add([])
+    texts = ["What is the capital of France?", "How do I bake bread?", "Explain photosynthesis."]
+    np.testing.assert_allclose(embedded.matrix(texts), encoder.features(texts), rtol=1e-5, atol=1e-6)
+    embedded.add(["Who was Napoleon?"])
+    np.testing.assert_allclose(embedded.matrix(["Who was Napoleon?", texts[0]]), encoder.features(["Who was Napoleon?", texts[0]]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(KeyError):
+        embedded.matrix(["never added"])
 
 
 def test_background_features_are_computed_once_and_read_back(

@@ -63,9 +63,10 @@ to this share of generic chat prompts (sentence-embedding cosine); see :func:`ne
 MIN_NEAR_RETAIN = 10
 """Near retain examples that are enough on their own. An entity target with fewer gets the
 copies (measured in the module docstring: 10 near ones left 1 of 8 questions about other
-people flagged, fewer left 3-7). A target with this many has near negatives whatever share
-of its retain examples they are, so a long retain list of mostly other things does not make
-its policy one without near negatives (:func:`lacks_near_retain`)."""
+people flagged, fewer left 3-7), and a policy with fewer over all its targets gets the
+stand-ins for near negatives (:func:`eco_guard.classifier.training.lacks_near_negatives`).
+A target with this many is not reported as having generic retain examples, whatever share
+of them the near ones are (:func:`lacks_near_retain`)."""
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,7 @@ def without_mentions(corpora: dict[str, Sequence[str]], names: Sequence[str]) ->
 def near_retain_counts(targets: Sequence[TargetData], sentence: Callable[[Sequence[str]], np.ndarray], generic: Sequence[str]) -> list[int]:
     """How many of each target's retain examples are near it: closer to its nearest forget example than generic prompts are.
 
-    Retain examples are what teaches a head where its target ends; "How do I reset my
-    router?" tells a person target's head nothing about questions on other people. Near
-    means: closer to the target's nearest forget example (cosine of the unit-norm
+    Near means: closer to the target's nearest forget example (cosine of the unit-norm
     ``sentence(texts)`` embeddings) than :data:`NEAR_QUANTILE` of the ``generic`` prompts
     are. Measured shares: D3's 20 authors (10 retain questions on other authors each)
     90-100% near; the France/Python test policy's retain examples (other countries, other
@@ -136,9 +135,10 @@ def near_retain_counts(targets: Sequence[TargetData], sentence: Callable[[Sequen
 
 
 def lacks_near_retain(n_near: int, n_retain: int) -> bool:
-    """Whether a target's retain examples, ``n_near`` of ``n_retain`` near it, fail to say where it ends.
+    """Whether a target's retain examples, ``n_near`` of ``n_retain`` near it, are generic: ``fit`` warns and the report marks them.
 
-    They do when most of them are near, or at least :data:`MIN_NEAR_RETAIN` are.
+    True unless most of them are near, or at least :data:`MIN_NEAR_RETAIN` are; so also for a
+    target without retain examples.
     """
     return not (n_near > n_retain / 2 or n_near >= MIN_NEAR_RETAIN)
 
