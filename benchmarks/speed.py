@@ -17,7 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -42,6 +42,9 @@ PROMPTS = [
     "Give me three tips for a job interview.",
     "Who painted the Mona Lisa?",
 ]
+
+SIX_SENTENCES = [" ".join((PROMPTS + PROMPTS)[i : i + 6]) for i in range(len(PROMPTS))]
+"""Multi-sentence prompts: each is scored by its pieces (itself, 6 sentences, 3 windows), see ``chunking.text_pieces``."""
 
 
 FIRST = ["Aldo", "Brena", "Corin", "Dalia", "Emeric", "Faye", "Gideon", "Hale", "Ilse", "Joram"]
@@ -76,13 +79,13 @@ def _write_many_target_policy(work: Path, n: int = 20, precision: str = "float32
     return path
 
 
-def _one_prompt_ms(guard: Guard, n: int = 300) -> list[float]:
+def _one_prompt_ms(guard: Guard, n: int = 300, prompts: Sequence[str] = PROMPTS) -> list[float]:
     """Latency of a full ``Guard.check`` decision, one prompt at a time, after warm-up."""
     for _ in range(20):
         guard.check(UNFLAGGED)
     lat = []
     for i in range(n):
-        text = PROMPTS[i % len(PROMPTS)]
+        text = prompts[i % len(prompts)]
         t = time.perf_counter()
         guard.check(text)
         lat.append((time.perf_counter() - t) * 1000)
@@ -145,6 +148,7 @@ def main() -> int:
     # --- classifier latency, one prompt at a time, and batch throughput; demo and 20 targets
     lat, rate = _one_prompt_ms(guard), _batch_rate(guard)
     twenty = {p: (_one_prompt_ms(g), _batch_rate(g)) for p, g in many.items()}
+    six = _one_prompt_ms(many["float32"], n=100, prompts=SIX_SENTENCES)
 
     # --- guard overhead on an unflagged request vs the bare runner, interleaved
     opts = GenerationOptions(max_new_tokens=args.tokens, ignore_eos=True)
@@ -180,6 +184,7 @@ def main() -> int:
             }
             for p, (l20, r20) in twenty.items()
         },
+        "six_sentence_prompt_ms_20_targets": {"p50": round(pct(six, 0.5), 2), "p99": round(pct(six, 0.99), 2), "n": len(six)},
         "guard_overhead_unflagged": {
             "bare_s_median": round(statistics.median(bare_t), 4),
             "guard_s_median": round(statistics.median(guard_t), 4),
@@ -207,6 +212,7 @@ def main() -> int:
         f"| classifier, one prompt, p50 / p99 (20 targets) | {t20['one_prompt_ms']['p50']} / {t20['one_prompt_ms']['p99']} ms | p50 <= 10 ms |",
         f"| classifier, one prompt, p50 / p99 (20 targets, `runtime: torch`) | {p20['one_prompt_ms']['p50']} / {p20['one_prompt_ms']['p99']} ms | p50 <= 10 ms |",
         f"| classifier, one prompt, p50 / p99 (20 targets, `precision: bfloat16`) | {b20['one_prompt_ms']['p50']} / {b20['one_prompt_ms']['p99']} ms | p50 <= 10 ms |",
+        f"| classifier, one prompt of six sentences, p50 / p99 (20 targets; scored by 10 pieces) | {result['six_sentence_prompt_ms_20_targets']['p50']} / {result['six_sentence_prompt_ms_20_targets']['p99']} ms | |",
         f"| batch scoring throughput (demo policy) | {result['batch_scoring_prompts_per_s']} prompts/s | |",
         f"| batch scoring throughput (20 targets) | {t20['batch_scoring_prompts_per_s']} prompts/s | >= 500 prompts/s |",
         f"| batch scoring throughput (20 targets, `runtime: torch`) | {p20['batch_scoring_prompts_per_s']} prompts/s | >= 500 prompts/s |",

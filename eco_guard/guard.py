@@ -21,7 +21,7 @@ import numpy as np
 
 from .audit import AuditSink, NullAudit, prompt_hash
 from .classifier import Classifier
-from .classifier.chunking import sentence_windows
+from .classifier.chunking import text_pieces
 from .corruption import Corruption
 from .decision import Decision, GuardedResult
 from .errors import EcoGuardError, InputError, UserError
@@ -44,15 +44,17 @@ class TargetRule:
 def classification_texts(messages: Sequence[dict[str, str]]) -> list[str]:
     """The texts whose scores decide a conversation.
 
-    The last user turn alone misses follow-ups that only make sense through an earlier
-    turn ("And where was she born?"), so the user turns joined together are scored too;
-    a request is judged by the highest score of either.
+    The last user turn is scored by its pieces (itself, its sentences and windows, see
+    :func:`eco_guard.classifier.chunking.text_pieces`), so a forget question padded with
+    other text is still seen. It alone misses follow-ups that only make sense through an
+    earlier turn ("And where was she born?"), so the last four user turns joined together
+    are scored too; a request is judged by the highest score of any of these.
     """
     users = [m["content"].strip() for m in messages if m["role"] == "user" and m["content"].strip()]
-    texts = [users[-1]]
+    texts = text_pieces(users[-1])
     if len(users) > 1:
         texts.append("\n".join(users[-4:]))
-    return texts
+    return list(dict.fromkeys(texts))
 
 
 class GuardedStream:
@@ -274,9 +276,10 @@ class Guard:
     def check_documents(self, docs: Sequence[str]) -> list[Decision]:
         """Score retrieved passages so that RAG context about a forget target can be dropped.
 
-        A passage is judged by its highest-scoring sentence window (see
-        :func:`eco_guard.classifier.chunking.sentence_windows`): one sentence about a
-        forget target inside a long, otherwise harmless passage is enough to flag it.
+        A passage is judged by its highest-scoring piece, as a prompt is (itself, each
+        sentence and each window of three, see :func:`eco_guard.classifier.chunking.text_pieces`):
+        one sentence about a forget target inside a long, otherwise harmless passage is
+        enough to flag it.
         Every passage gets a decision (blank ones pass) and an audit record of kind
         ``document``; the thresholds are the same as for prompts.
         """
@@ -289,7 +292,7 @@ class Guard:
             return []
         start = time.perf_counter()
         chats = [[{"role": "user", "content": doc}] for doc in docs]
-        decisions = self._decide_groups(chats, [sentence_windows(doc) for doc in docs], start)
+        decisions = self._decide_groups(chats, [text_pieces(doc) for doc in docs], start)
         for d, c in zip(decisions, chats):
             self.audit.record(d, c, kind="document")
         return decisions

@@ -13,10 +13,12 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from eco_guard.classifier.chunking import MAX_WINDOW_WORDS, sentence_windows
+from eco_guard.classifier.chunking import MAX_WINDOW_WORDS, sentence_windows, sentences, text_pieces
+from eco_guard.classifier.training import calibration_pieces, piece_max_scores
 from eco_guard.errors import InputError
 from eco_guard.fitting import fit_guard
 from eco_guard.guard import Guard, classification_texts
@@ -100,6 +102,57 @@ def test_followup_that_only_makes_sense_through_a_flagged_turn_is_flagged(guard:
         {"role": "user", "content": followup},
     ]
     assert not guard.check(unrelated).flagged
+
+
+PADDING = [
+    "How many litres of water should I drink in a day?",
+    "What is a good way to learn the guitar as an adult?",
+    "Why does bread go stale faster in the fridge?",
+    "Which houseplants survive in a dark room?",
+    "How do I remove a red wine stain from a carpet?",
+    "What is the difference between weather and climate?",
+]
+
+
+def test_a_forget_question_padded_with_other_questions_is_still_flagged(guard: Guard) -> None:
+    question = "Which prizes has Orsolya Veldkamp received for her novels?"
+    padded = " ".join([*PADDING, question])
+    # Scored as one text, the other questions dilute it below the threshold ...
+    whole = guard.classifier.decide(guard.classifier.score([padded]))[0]
+    assert whole.target_id is None
+    # ... so a prompt is judged by its most target-like piece, wherever the question sits.
+    for prompt in (padded, " ".join([question, *PADDING]), [{"role": "user", "content": padded}]):
+        decision = guard.check(prompt)
+        assert decision.flagged and decision.target == "veldkamp"
+    innocent = " ".join([*PADDING, "Which prizes has Ilse Marchetti received for her novels?"])
+    assert not guard.check(innocent).flagged
+
+
+def test_text_pieces_are_the_text_its_sentences_and_windows() -> None:
+    assert text_pieces("  Who is Orsolya Veldkamp?  ") == ["Who is Orsolya Veldkamp?"]
+    # Fragments too short to be a question of their own join the next sentence (the last one, at the end).
+    assert sentences("XI. The first article of the treaty says this. Hi! Where was she born? Ok.") == [
+        "XI. The first article of the treaty says this.",
+        "Hi! Where was she born? Ok.",
+    ]
+    text = " ".join(PADDING)
+    pieces = text_pieces(text)
+    assert pieces[0] == text
+    assert all(q in pieces for q in PADDING)
+    assert len(pieces) == len(set(pieces))
+    assert set(sentence_windows(text)) <= set(pieces)
+
+
+def test_held_out_negatives_calibrate_by_their_highest_scoring_piece() -> None:
+    one, two = "Is this one question only?", "Here is the first sentence. And here is the second one."
+    pieces = calibration_pieces([one, two])
+    assert pieces == {two: text_pieces(two)}  # one-sentence texts are their own piece
+    row_of = {text: i for i, text in enumerate([one, two, *pieces[two][1:]])}
+    scores = np.zeros((len(row_of), 2))
+    scores[row_of[one], 1] = 0.3
+    scores[row_of[two], 0] = 0.1
+    scores[row_of["And here is the second one."], 1] = 0.9  # a piece outscores its whole text
+    assert piece_max_scores(scores, row_of, [one, two], pieces).tolist() == [0.3, 0.9]
 
 
 def test_classification_texts_keep_last_turn_and_recent_context() -> None:

@@ -1,10 +1,15 @@
-"""Cut long passages into sentence windows before scoring them.
+"""Cut multi-sentence texts into the pieces the classifier scores: the unit of every decision.
 
-The classifier was fitted on prompt-sized texts, and a retrieved passage can be pages
-long: the encoder truncates after a few hundred word pieces, and one mean-pooled vector
-of a long passage dilutes a single sentence about a forget target into noise. Scoring
-overlapping windows of a few sentences and taking the maximum keeps such a sentence
-visible wherever it sits in the passage.
+The heads were fitted on prompt-sized texts, and one mean-pooled vector of several
+sentences dilutes the one sentence about a forget target into its neighbours. Measured
+on the D3 guard (TOFU authors): a forget question with five unrelated exam questions in
+front of it was flagged 0 times in 100 when the whole prompt was scored, 22 in 100 when
+windows of three sentences were scored too, and 98 in 100 when every sentence was scored
+on its own, so padding a prompt is no way round the guard. A text is therefore judged by
+its highest-scoring piece: the whole text, each sentence, and overlapping windows of
+three sentences (which keep "she" or "the book" next to what they refer to). The same
+pieces score a prompt's last turn, a retrieved passage, and the negatives that calibrate
+the threshold, so the calibrated rate is a rate over texts scored this way.
 """
 
 from __future__ import annotations
@@ -22,27 +27,66 @@ MAX_WINDOW_WORDS = 120
 """Longer windows (run-on sentences, tables, code) are cut by words; well under the
 encoder's 256-word-piece limit so nothing is silently truncated."""
 
+MIN_SENTENCE_WORDS = 4
+"""Shorter sentences ("XI.", "1513 C.E.", "Hi!") join the sentence after them (the one
+before, at the end). Alone they are not questions of any kind the heads were fitted on:
+on the D1 guard, sentences of 1-4 words from exam questions were flagged at about 5%,
+those of ten words or more at 0.2%, the rate of whole questions."""
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 
 
+def sentences(text: str) -> list[str]:
+    """The sentences of ``text`` (paragraph breaks end one too), with short ones joined to a neighbour."""
+    raw = [s.strip() for s in _SENTENCE_END.split(text.strip()) if s and s.strip()]
+    merged: list[str] = []
+    pending = ""
+    for sentence in raw:
+        joined = f"{pending} {sentence}".strip()
+        if len(joined.split()) < MIN_SENTENCE_WORDS:
+            pending = joined
+            continue
+        merged.append(joined)
+        pending = ""
+    if pending:
+        if merged:
+            merged[-1] = f"{merged[-1]} {pending}"
+        else:
+            merged.append(pending)
+    return merged
+
+
 def sentence_windows(text: str) -> list[str]:
-    """Overlapping windows of a passage; a short passage is its own single window.
+    """Overlapping windows of three sentences; a text of at most three short sentences is its own single window.
 
     Always returns at least one element (the stripped text, possibly empty) so that
-    callers can map every passage to at least one score.
+    callers can map every text to at least one score.
     """
     stripped = text.strip()
-    sentences = [s.strip() for s in _SENTENCE_END.split(stripped) if s and s.strip()]
-    if len(sentences) <= WINDOW_SENTENCES and len(stripped.split()) <= MAX_WINDOW_WORDS:
+    parts = sentences(stripped)
+    if len(parts) <= WINDOW_SENTENCES and len(stripped.split()) <= MAX_WINDOW_WORDS:
         return [stripped]
     windows: list[str] = []
-    last_start = max(len(sentences) - WINDOW_SENTENCES, 0)
+    last_start = max(len(parts) - WINDOW_SENTENCES, 0)
     starts = list(range(0, last_start + 1, STRIDE_SENTENCES))
     if starts[-1] != last_start:
         starts.append(last_start)  # the tail must be covered by a full window too
     for start in starts:
-        windows.extend(_cap_words(" ".join(sentences[start : start + WINDOW_SENTENCES])))
+        windows.extend(_cap_words(" ".join(parts[start : start + WINDOW_SENTENCES])))
     return windows
+
+
+def text_pieces(text: str) -> list[str]:
+    """Every piece a text is scored by: itself, its sentences and its windows; a one-sentence text is just itself.
+
+    The first element is always the stripped text, and no piece repeats.
+    """
+    stripped = text.strip()
+    parts = sentences(stripped)
+    if len(parts) <= 1:
+        return [stripped]
+    pieces = [stripped] + [p for s in parts for p in _cap_words(s)] + sentence_windows(stripped)
+    return list(dict.fromkeys(pieces))
 
 
 def _cap_words(window: str) -> list[str]:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from eco_guard.classifier.background import background_prompts, near_negative_stand_ins
 from eco_guard.classifier.calibration import Calibration, joint_threshold
+from eco_guard.classifier.chunking import text_pieces
 from eco_guard.classifier.encoder import Encoder
 from eco_guard.classifier.embedded import Embedded
 from eco_guard.classifier.heads import (
@@ -225,12 +226,21 @@ def fit_heads(
     bg = unique_texts(s for corpus in corpora.values() for s in corpus)
     bg_order = np.random.default_rng(seed).permutation(len(bg))
     n_bg_cal = len(bg) // 2
+    user_cal = unique_texts(calibration or [])
+    # Held-out texts are scored as live prompts are, by their highest-scoring piece; the
+    # background's pieces are cached like the background (all of it: the split varies by seed).
+    bg_pieces = calibration_pieces(bg)
+    embedded.add_corpus(unique_texts(p for ps in bg_pieces.values() for p in ps), cached=builtin)
+    user_pieces = calibration_pieces(user_cal)
+    embedded.add([p for ps in user_pieces.values() for p in ps], desc="embedding calibration sentences")
     split = _Negatives(
         bg_train=[bg[i] for i in bg_order[n_bg_cal:]],
         bg_cal=held_out_sources(corpora, [bg[i] for i in bg_order[:n_bg_cal]]),
-        user_cal=unique_texts(calibration or []),
+        user_cal=user_cal,
+        pieces={**bg_pieces, **user_pieces},
     )
-    texts = unique_texts(bg + [s for t in targets for s in t.forget + t.retain] + split.user_cal + [c for sw in swaps for c in sw.copies])
+    piece_texts = [p for ps in split.pieces.values() for p in ps]
+    texts = unique_texts(bg + [s for t in targets for s in t.forget + t.retain] + user_cal + [c for sw in swaps for c in sw.copies] + piece_texts)
     row_of = {text: i for i, text in enumerate(texts)}
     feats = embedded.matrix(texts)
     views: dict[FeatureView, np.ndarray] = {v: view_columns(feats, v, encoder.dim) for v in (VIEWS if encoder.feature_layers else ("sentence",))}
@@ -303,6 +313,27 @@ def lacks_near_negatives(n_near_retain: int, calibration: Sequence[str] | None) 
     return not calibration and n_near_retain < MIN_NEAR_RETAIN
 
 
+def calibration_pieces(texts: Sequence[str]) -> dict[str, list[str]]:
+    """The pieces (:func:`eco_guard.classifier.chunking.text_pieces`) of each multi-sentence text.
+
+    A live prompt is judged by its highest-scoring piece, and a text of k sentences has
+    about 1.5k chances to score high, so the held-out negatives that certify the rate are
+    scored the same way: a calibration sample of long prompts then raises the threshold as
+    much as such traffic needs. One-sentence texts are their own single piece.
+    """
+    out: dict[str, list[str]] = {}
+    for text in texts:
+        pieces = text_pieces(text)
+        if len(pieces) > 1:
+            out[text] = pieces
+    return out
+
+
+def piece_max_scores(scores: np.ndarray, row_of: dict[str, int], texts: Sequence[str], pieces: dict[str, list[str]]) -> np.ndarray:
+    """The max over targets and over each text's pieces (the text alone when it has none) of ``scores``' rows."""
+    return np.array([scores[[row_of[p] for p in pieces.get(s, (s,))]].max() for s in texts])
+
+
 def held_out_sources(corpora: dict[str, Sequence[str]], held_out: list[str]) -> dict[str, list[str]]:
     """The held-out half of the background, kept apart by corpus (in ``held_out``'s order): each calibrates as its own source.
 
@@ -328,6 +359,8 @@ class _Negatives:
     bg_train: list[str]
     bg_cal: dict[str, list[str]]
     user_cal: list[str]
+    pieces: dict[str, list[str]]
+    """The pieces of each multi-sentence held-out text (see :func:`calibration_pieces`)."""
 
 
 @dataclass(frozen=True)
@@ -400,7 +433,7 @@ def fit_core(
     # a live score of the same text differ only by the float rounding of a differently
     # padded encoder batch (~1e-8).
     all_scores = head_scores(feats, lex, weights, bias)
-    max_scores = {name: all_scores[[row_of[s] for s in v]].max(axis=1) for name, v in sources.items() if v}
+    max_scores = {name: piece_max_scores(all_scores, row_of, v, split.pieces) for name, v in sources.items() if v}
     if not split.user_cal:
         # Without a traffic sample, the policy's own examples are the nearest neighbours we
         # know: retain texts, and for each head the other targets' forget texts. Both were
