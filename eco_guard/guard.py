@@ -54,7 +54,7 @@ def classification_texts(messages: Sequence[dict[str, str]]) -> list[str]:
     texts = text_pieces(users[-1])
     if len(users) > 1:
         texts.append("\n".join(users[-4:]))
-    return list(dict.fromkeys(texts))
+    return texts
 
 
 class GuardedStream:

@@ -63,7 +63,11 @@ def sentence_windows(text: str) -> list[str]:
     callers can map every text to at least one score.
     """
     stripped = text.strip()
-    parts = sentences(stripped)
+    return _windows(stripped, sentences(stripped))
+
+
+def _windows(stripped: str, parts: list[str]) -> list[str]:
+    """:func:`sentence_windows` of an already stripped and split text."""
     if len(parts) <= WINDOW_SENTENCES and len(stripped.split()) <= MAX_WINDOW_WORDS:
         return [stripped]
     windows: list[str] = []
@@ -85,7 +89,7 @@ def text_pieces(text: str) -> list[str]:
     parts = sentences(stripped)
     if len(parts) <= 1:
         return [stripped]
-    pieces = [stripped] + [p for s in parts for p in _cap_words(s)] + sentence_windows(stripped)
+    pieces = [stripped] + [p for s in parts for p in _cap_words(s)] + _windows(stripped, parts)
     return list(dict.fromkeys(pieces))
 
 
