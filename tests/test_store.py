@@ -83,3 +83,36 @@ def test_bad_device_is_a_clear_error() -> None:
         pytest.skip("CUDA present: 'cuda' is valid here")
     with pytest.raises(ModelLoadError, match="CUDA is not available"):
         pick_device("cuda")
+
+
+def test_a_new_conversion_removes_entries_whose_source_is_gone_or_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each reinstall or new virtualenv made a new ~500 MB entry and nothing removed the old ones."""
+    import json
+
+    from eco_guard.runner.store import ENTRY_MARKER
+
+    monkeypatch.setenv("ECO_GUARD_CACHE", str(tmp_path / "cache"))
+    models = tmp_path / "cache" / "models"
+    live_other = tmp_path / "other.gguf"
+    live_other.write_bytes(b"GGUF")
+    gguf = default_gguf_path()
+
+    def entry(name: str, source: Path | None) -> Path:
+        d = models / name
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"x")
+        if source is not None:
+            (d / ENTRY_MARKER).write_text(json.dumps({"source": str(source), "format": 1}))
+        return d
+
+    gone = entry("m-deleted-venv", tmp_path / "venv-that-was-deleted" / "m.gguf")
+    replaced = entry("m-older-copy", gguf)  # same source, older identity: stale
+    kept_live = entry("m-other-live", live_other)
+    kept_unmarked = entry("m-not-ours", None)
+
+    fresh = resolve_model("default", progress=False).directory
+    assert (fresh / ENTRY_MARKER).is_file() and (fresh / "model.safetensors").is_file()
+    assert not gone.exists() and not replaced.exists()
+    assert kept_live.exists() and kept_unmarked.exists()

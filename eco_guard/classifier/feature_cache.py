@@ -6,7 +6,7 @@ Embedding it took a few seconds of every fit and gives the same numbers every ti
 done once per encoder and corpus and stored under ``$ECO_GUARD_CACHE/features/`` (or
 ``~/.cache/eco-guard``), keyed by the texts, the encoder's model files (names, sizes,
 mtimes), its feature layers, precision and runtime. Only the built-in corpora are cached, so
-the cache stays bounded. The stored array is exactly the computed one, so fitting the same
+the cache grows with encoders (a few tens of MB each), never with policies or traffic. The stored array is exactly the computed one, so fitting the same
 policy twice gives byte-identical heads whether or not the cache was warm. A cache that
 cannot be written (read-only home) only costs time."""
 

@@ -12,7 +12,8 @@ the classifier pools); tokenisation, pooling and normalisation stay with
 sentence-transformers, so they cannot drift apart. The export runs once per model
 directory and is cached under ``$ECO_GUARD_CACHE/encoders/`` keyed by the model files'
 identity, written to a temporary file and renamed into place so a crash never leaves a
-half-written model behind. Anything that cannot be exported (an architecture the
+half-written model behind; exports of model directories that were deleted or replaced
+are removed when a new one is written. Anything that cannot be exported (an architecture the
 exporter does not handle, ONNX packages missing) falls back to PyTorch under
 ``runtime: auto``, with a warning that says why.
 """
@@ -33,7 +34,7 @@ import torch
 
 from eco_guard.classifier.feature_cache import model_files_identity
 from eco_guard.errors import ModelLoadError
-from eco_guard.runner.store import cache_dir
+from eco_guard.runner.store import cache_dir, prune_superseded, write_entry_marker
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -93,6 +94,11 @@ def load_backbone(model: SentenceTransformer, model_dir: Path, layers: Sequence[
         except Exception:  # a damaged cache entry (disk full, truncated copy): export it again below
             target.unlink(missing_ok=True)
     _export(model, backbone, input_names, layers, target)
+    try:  # cache hygiene only: a failure here costs disk, never the load
+        write_entry_marker(target.parent, model_dir)
+        prune_superseded(target.parent, model_dir)
+    except OSError:
+        pass
     try:
         return OnnxBackbone(target, input_names, layers, torch.get_num_threads())
     except Exception as exc:  # onnxruntime raises its own types for graphs it cannot run

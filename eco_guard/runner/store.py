@@ -39,6 +39,42 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "eco-guard"
 
 
+ENTRY_MARKER = "eco_guard_model.json"
+"""File in every converted-model cache entry recording the source it was made from."""
+
+
+def write_entry_marker(entry: Path, source: Path) -> None:
+    """Record in ``entry`` which file or directory it was made from (read by :func:`prune_superseded`)."""
+    marker = {"source": str(source.resolve()), "format": _FORMAT}
+    (entry / ENTRY_MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+
+
+def prune_superseded(entry: Path, source: Path) -> list[Path]:
+    """Delete the sibling cache entries of ``entry`` that nothing can use any more; return them.
+
+    Why: entries are keyed by their source's path, size and mtime (hashing weights on
+    every start costs more than the load saved), so each reinstall or new virtual
+    environment makes a new entry of hundreds of MB, and nothing else ever removes the
+    old ones. A sibling goes when its marker names a source that no longer exists (the
+    environment was deleted) or names this same source (the file was replaced, so the
+    old conversion is stale). Entries without a marker are not ours to judge and stay.
+    """
+    removed: list[Path] = []
+    mine = str(source.resolve())
+    for sibling in entry.parent.iterdir():
+        if sibling == entry or not sibling.is_dir() or sibling.name.startswith("."):
+            continue
+        try:
+            recorded = json.loads((sibling / ENTRY_MARKER).read_text(encoding="utf-8"))["source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not isinstance(recorded, str) or (recorded != mine and Path(recorded).exists()):
+            continue
+        shutil.rmtree(sibling, ignore_errors=True)
+        removed.append(sibling)
+    return removed
+
+
 def default_gguf_path() -> Path:
     """Locate the bundled GGUF without importing its package."""
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
@@ -107,7 +143,7 @@ def convert_gguf(gguf: Path, *, progress: bool = True) -> Path:
     or a concurrent conversion can never leave a half-written cache entry behind.
     """
     target = cache_dir() / "models" / f"{gguf.stem}-{_gguf_key(gguf)}"
-    if (target / "eco_guard_model.json").is_file():
+    if (target / ENTRY_MARKER).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     import torch
@@ -137,15 +173,14 @@ def convert_gguf(gguf: Path, *, progress: bool = True) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "eco_guard_model.json").write_text(
-            json.dumps({"source": str(gguf), "format": _FORMAT}, indent=2), encoding="utf-8"
-        )
+        write_entry_marker(tmp, gguf)
         try:
             tmp.rename(target)
         except OSError:
             # Someone else finished the same conversion first; theirs is as good as ours.
-            if not (target / "eco_guard_model.json").is_file():
+            if not (target / ENTRY_MARKER).is_file():
                 raise
+        prune_superseded(target, gguf)
     except ModelLoadError:
         raise
     except Exception as exc:  # any loader failure means the file is not a usable model
