@@ -186,8 +186,8 @@ class Guard:
     ) -> list[Decision]:
         """Decide each chat by the per-target maximum over its group of texts.
 
-        Shared by conversations (last turn + joined turns) and documents (sentence
-        windows), so both get one batched encoder pass and the same error handling.
+        Shared by conversations (last turn's pieces + joined turns) and documents (their
+        pieces), so both get one batched encoder pass and the same error handling.
         """
         flat = [t for g in groups for t in g]
         error: str | None = None
