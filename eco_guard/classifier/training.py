@@ -232,7 +232,7 @@ def fit_heads(
     bg_pieces = calibration_pieces(bg)
     embedded.add_corpus(unique_texts(p for ps in bg_pieces.values() for p in ps), cached=builtin)
     user_pieces = calibration_pieces(user_cal)
-    embedded.add([p for ps in user_pieces.values() for p in ps], desc="embedding calibration sentences")
+    embedded.add([p for ps in user_pieces.values() for p in ps], desc="embedding calibration sentences and windows")
     split = _Negatives(
         bg_train=[bg[i] for i in bg_order[n_bg_cal:]],
         bg_cal=held_out_sources(corpora, [bg[i] for i in bg_order[:n_bg_cal]]),
