@@ -32,6 +32,7 @@ from eco_guard.classifier import (
 from eco_guard.classifier import heads, neighbours
 from eco_guard.classifier.background import knowledge_questions, name_swapped, near_negative_stand_ins, people_questions
 from eco_guard.classifier.embedded import Embedded
+from eco_guard.cache import ENTRY_MARKER, write_entry_marker
 from eco_guard.classifier.feature_cache import corpus_features
 from eco_guard.classifier.lexical import Lexicon
 from eco_guard.classifier.swaps import (
@@ -544,16 +545,25 @@ def test_background_features_are_computed_once_and_read_back(
         calls.append(len(batch))
         return encoder.features(batch)
 
+    # What earlier environments left: an encoder directory that was deleted, and a flat-layout file.
+    stale = tmp_path / "features" / "model-0123456789abcdef"
+    stale.mkdir(parents=True)
+    write_entry_marker(stale, tmp_path / "deleted-venv" / "model", "x")
+    flat = tmp_path / "features" / ("ab" * 12 + ".npy")
+    flat.write_bytes(b"old")
+
     cold = corpus_features(encoder, texts, compute)
     warm = corpus_features(encoder, texts, compute)
     assert calls == [40]  # the second call read the cache
     np.testing.assert_array_equal(cold, warm)  # a cold fit uses exactly what a warm one reads
     np.testing.assert_allclose(warm, encoder.features(texts), atol=1e-5)
-    assert not list(tmp_path.glob("features/*.tmp"))
+    assert not list(tmp_path.glob("features/*/*.tmp"))
+    [entry_dir] = [d for d in (tmp_path / "features").iterdir()]  # the stale directory and file are gone
+    assert (entry_dir / ENTRY_MARKER).is_file() and not stale.exists() and not flat.exists()
     # Other texts are another entry; a damaged entry is computed again, not trusted.
     corpus_features(encoder, texts[:20], compute)
     assert calls == [40, 20]
-    for entry in tmp_path.glob("features/*.npy"):
+    for entry in tmp_path.glob("features/*/*.npy"):
         entry.write_bytes(b"garbage")
     np.testing.assert_array_equal(corpus_features(encoder, texts, compute), cold)
     assert calls == [40, 20, 40]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from eco_guard.errors import ModelLoadError
-from eco_guard.runner.store import cache_dir, default_gguf_path, resolve_model
+from eco_guard.cache import cache_dir
+from eco_guard.runner.store import default_gguf_path, resolve_model
 
 
 def test_default_gguf_is_found_without_importing_the_package() -> None:
@@ -89,9 +90,7 @@ def test_a_new_conversion_removes_entries_whose_source_is_gone_or_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each reinstall or new virtualenv made a new ~500 MB entry and nothing removed the old ones."""
-    import json
-
-    from eco_guard.runner.store import ENTRY_MARKER
+    from eco_guard.cache import ENTRY_MARKER, write_entry_marker
 
     monkeypatch.setenv("ECO_GUARD_CACHE", str(tmp_path / "cache"))
     models = tmp_path / "cache" / "models"
@@ -99,20 +98,23 @@ def test_a_new_conversion_removes_entries_whose_source_is_gone_or_replaced(
     live_other.write_bytes(b"GGUF")
     gguf = default_gguf_path()
 
-    def entry(name: str, source: Path | None) -> Path:
+    st = gguf.stat()
+
+    def entry(name: str, source: Path | None, identity: str = "") -> Path:
         d = models / name
         d.mkdir(parents=True)
         (d / "model.safetensors").write_bytes(b"x")
         if source is not None:
-            (d / ENTRY_MARKER).write_text(json.dumps({"source": str(source), "format": 1}))
+            write_entry_marker(d, source, identity)
         return d
 
     gone = entry("m-deleted-venv", tmp_path / "venv-that-was-deleted" / "m.gguf")
-    replaced = entry("m-older-copy", gguf)  # same source, older identity: stale
+    replaced = entry("m-older-copy", gguf, "1|2")  # same source, older identity: stale
+    kept_same = entry("m-same-file", gguf, f"{st.st_size}|{st.st_mtime_ns}")  # made from the file as it is
     kept_live = entry("m-other-live", live_other)
     kept_unmarked = entry("m-not-ours", None)
 
     fresh = resolve_model("default", progress=False).directory
     assert (fresh / ENTRY_MARKER).is_file() and (fresh / "model.safetensors").is_file()
     assert not gone.exists() and not replaced.exists()
-    assert kept_live.exists() and kept_unmarked.exists()
+    assert kept_same.exists() and kept_live.exists() and kept_unmarked.exists()

@@ -4,16 +4,20 @@ Every fit trains and calibrates on the built-in background (754 written prompts,
 with the stand-ins for near negatives; see :mod:`eco_guard.classifier.background`).
 Embedding it took a few seconds of every fit and gives the same numbers every time, so it is
 done once per encoder and corpus and stored under ``$ECO_GUARD_CACHE/features/`` (or
-``~/.cache/eco-guard``), keyed by the texts, the encoder's model files (names, sizes,
-mtimes), its feature layers, precision and runtime. Only the built-in corpora are cached, so
-the cache grows with encoders (a few tens of MB each), never with policies or traffic. The stored array is exactly the computed one, so fitting the same
-policy twice gives byte-identical heads whether or not the cache was warm. A cache that
-cannot be written (read-only home) only costs time."""
+``~/.cache/eco-guard``): one directory per encoder (its model files' names, sizes and
+mtimes, feature layers, precision and runtime), one file per corpus (its texts). A new
+directory removes those of encoders that were deleted or replaced (:mod:`eco_guard.cache`),
+and the files of the earlier flat layout. Only the built-in corpora are cached, so the
+cache grows with encoders (a few tens of MB each), never with policies or traffic. The
+stored array is exactly the computed one, so fitting the same policy twice gives
+byte-identical heads whether or not the cache was warm. A cache that cannot be written
+(read-only home) only costs time."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,10 +25,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from eco_guard.runner.store import cache_dir
+from eco_guard.cache import cache_dir, prune_superseded, write_entry_marker
 
 if TYPE_CHECKING:
     from eco_guard.classifier.encoder import Encoder
+
+_FLAT_NAME = re.compile(r"[0-9a-f]{24}\.npy")
 
 _FORMAT = 1
 """Bump when what is stored changes, so stale entries are ignored."""
@@ -44,11 +50,16 @@ def model_files_identity(model_dir: Path) -> list[str]:
     return parts
 
 
+def model_files_key(model_dir: Path) -> str:
+    """:func:`model_files_identity` as one short hash: what cache entries record as their source's identity."""
+    return hashlib.sha256("\n".join(model_files_identity(model_dir)).encode("utf-8")).hexdigest()[:16]
+
+
 def corpus_features(encoder: Encoder, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
     """``compute(texts)`` (the encoder's ``[n, feature_dim]`` features), from the cache when present."""
     texts = list(texts)
-    key = _key(encoder, texts)
-    path = cache_dir() / "features" / f"{key}.npy"
+    entry = cache_dir() / "features" / f"{encoder.path.parent.name}-{_encoder_key(encoder)}"
+    path = entry / f"{_corpus_key(texts)}.npy"
     try:
         cached = np.load(path, allow_pickle=False)
         if cached.shape == (len(texts), encoder.feature_dim):
@@ -58,8 +69,13 @@ def corpus_features(encoder: Encoder, texts: Sequence[str], compute: Callable[[l
     feats = compute(texts)
     tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        if not entry.is_dir():
+            entry.mkdir(parents=True, exist_ok=True)
+            identity = model_files_key(encoder.path)
+            write_entry_marker(entry, encoder.path, identity)
+            prune_superseded(entry, encoder.path, identity)
+            _remove_flat_layout(entry.parent)
+        fd, tmp = tempfile.mkstemp(dir=entry, suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, feats, allow_pickle=False)
         os.replace(tmp, path)  # readers see the whole array or none
@@ -69,10 +85,26 @@ def corpus_features(encoder: Encoder, texts: Sequence[str], compute: Callable[[l
     return feats  # .npy stores float32 exactly, so a cold fit uses the very array a warm one reads
 
 
-def _key(encoder: Encoder, texts: list[str]) -> str:
-    digest = hashlib.sha256()
+def _remove_flat_layout(features: Path) -> None:
+    """Delete the files of the layout before per-encoder directories (``features/<24 hex>.npy``): nothing reads them now."""
+    for old in features.glob("*.npy"):
+        if _FLAT_NAME.fullmatch(old.name):
+            old.unlink(missing_ok=True)
+
+
+def _encoder_key(encoder: Encoder) -> str:
+    """What makes two encoders' features differ: the model files, feature layers, precision and runtime."""
     ident = [str(_FORMAT), encoder.precision, encoder.runtime, repr(encoder.feature_layers), *model_files_identity(encoder.path)]
-    for part in ident + texts:
+    return _digest(ident)[:16]
+
+
+def _corpus_key(texts: list[str]) -> str:
+    return _digest(texts)[:24]
+
+
+def _digest(parts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
         digest.update(part.encode("utf-8"))
         digest.update(b"\0")
-    return digest.hexdigest()[:24]
+    return digest.hexdigest()

