@@ -29,10 +29,10 @@ from eco_guard.classifier import (
     conformal_threshold,
     resolve_encoder_path,
 )
+from eco_guard.cache import ENTRY_MARKER, write_entry_marker
 from eco_guard.classifier import heads, neighbours
 from eco_guard.classifier.background import knowledge_questions, name_swapped, near_negative_stand_ins, people_questions
 from eco_guard.classifier.embedded import Embedded
-from eco_guard.cache import ENTRY_MARKER, write_entry_marker
 from eco_guard.classifier.feature_cache import corpus_features
 from eco_guard.classifier.lexical import Lexicon
 from eco_guard.classifier.swaps import (

@@ -91,14 +91,13 @@ def test_a_new_conversion_removes_entries_whose_source_is_gone_or_replaced(
 ) -> None:
     """Each reinstall or new virtualenv made a new ~500 MB entry and nothing removed the old ones."""
     from eco_guard.cache import ENTRY_MARKER, write_entry_marker
+    from eco_guard.runner.store import _gguf_identity
 
     monkeypatch.setenv("ECO_GUARD_CACHE", str(tmp_path / "cache"))
     models = tmp_path / "cache" / "models"
     live_other = tmp_path / "other.gguf"
     live_other.write_bytes(b"GGUF")
     gguf = default_gguf_path()
-
-    st = gguf.stat()
 
     def entry(name: str, source: Path | None, identity: str = "") -> Path:
         d = models / name
@@ -110,7 +109,7 @@ def test_a_new_conversion_removes_entries_whose_source_is_gone_or_replaced(
 
     gone = entry("m-deleted-venv", tmp_path / "venv-that-was-deleted" / "m.gguf")
     replaced = entry("m-older-copy", gguf, "1|2")  # same source, older identity: stale
-    kept_same = entry("m-same-file", gguf, f"{st.st_size}|{st.st_mtime_ns}")  # made from the file as it is
+    kept_same = entry("m-same-file", gguf, _gguf_identity(gguf))  # made from the file as it is
     kept_live = entry("m-other-live", live_other)
     kept_unmarked = entry("m-not-ours", None)
 

@@ -52,7 +52,7 @@ def model_files_identity(model_dir: Path) -> list[str]:
 
 def model_files_key(model_dir: Path) -> str:
     """:func:`model_files_identity` as one short hash: what cache entries record as their source's identity."""
-    return hashlib.sha256("\n".join(model_files_identity(model_dir)).encode("utf-8")).hexdigest()[:16]
+    return _digest(model_files_identity(model_dir))[:16]
 
 
 def corpus_features(encoder: Encoder, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
@@ -94,8 +94,7 @@ def _remove_flat_layout(features: Path) -> None:
 
 def _encoder_key(encoder: Encoder) -> str:
     """What makes two encoders' features differ: the model files, feature layers, precision and runtime."""
-    ident = [str(_FORMAT), encoder.precision, encoder.runtime, repr(encoder.feature_layers), *model_files_identity(encoder.path)]
-    return _digest(ident)[:16]
+    return _digest([str(_FORMAT), encoder.precision, encoder.runtime, repr(encoder.feature_layers), model_files_key(encoder.path)])[:16]
 
 
 def _corpus_key(texts: list[str]) -> str:

@@ -95,8 +95,9 @@ def load_backbone(model: SentenceTransformer, model_dir: Path, layers: Sequence[
             target.unlink(missing_ok=True)
     _export(model, backbone, input_names, layers, target)
     try:  # cache hygiene only: a failure here costs disk, never the load
-        write_entry_marker(target.parent, model_dir, model_files_key(model_dir))
-        prune_superseded(target.parent, model_dir, model_files_key(model_dir))
+        identity = model_files_key(model_dir)
+        write_entry_marker(target.parent, model_dir, identity)
+        prune_superseded(target.parent, model_dir, identity)
     except OSError:
         pass
     try:

@@ -82,13 +82,13 @@ def resolve_model(reference: str, base_dir: Path | None = None, *, progress: boo
     )
 
 
-def _gguf_key(gguf: Path) -> str:
+def _gguf_key(gguf: Path, identity: str) -> str:
     """Cache key from the file's identity (name, size, mtime) and our format version.
 
     Hashing 100+ MB on every start would cost more than the load we are saving, and a
     reinstalled package changes size or mtime, which invalidates the entry.
     """
-    ident = f"{gguf.resolve()}|{_gguf_identity(gguf)}|{_FORMAT}"
+    ident = f"{gguf.resolve()}|{identity}|{_FORMAT}"
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -104,7 +104,8 @@ def convert_gguf(gguf: Path, *, progress: bool = True) -> Path:
     The conversion writes to a temporary sibling and renames it into place, so a crash
     or a concurrent conversion can never leave a half-written cache entry behind.
     """
-    target = cache_dir() / "models" / f"{gguf.stem}-{_gguf_key(gguf)}"
+    identity = _gguf_identity(gguf)
+    target = cache_dir() / "models" / f"{gguf.stem}-{_gguf_key(gguf, identity)}"
     if (target / ENTRY_MARKER).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -135,14 +136,14 @@ def convert_gguf(gguf: Path, *, progress: bool = True) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_entry_marker(tmp, gguf, _gguf_identity(gguf))
+        write_entry_marker(tmp, gguf, identity)
         try:
             tmp.rename(target)
         except OSError:
             # Someone else finished the same conversion first; theirs is as good as ours.
             if not (target / ENTRY_MARKER).is_file():
                 raise
-        prune_superseded(target, gguf, _gguf_identity(gguf))
+        prune_superseded(target, gguf, identity)
     except ModelLoadError:
         raise
     except Exception as exc:  # any loader failure means the file is not a usable model
