@@ -140,7 +140,7 @@ def test_text_pieces_are_the_text_its_sentences_and_windows() -> None:
     assert pieces[0] == text
     assert all(q in pieces for q in PADDING)
     assert len(pieces) == len(set(pieces))
-    assert set(sentence_windows(text)) <= set(pieces)
+    assert set(sentence_windows(text, sentences(text))) <= set(pieces)
 
 
 def test_held_out_negatives_calibrate_by_their_highest_scoring_piece() -> None:
@@ -185,15 +185,17 @@ def test_acheck_documents_matches_sync(guard: Guard) -> None:
 
 
 def test_sentence_windows_cover_every_sentence() -> None:
-    assert sentence_windows("  One short passage.  ") == ["One short passage."]
-    assert sentence_windows("") == [""]
-    sentences = [f"Sentence number {i} is here." for i in range(10)]
-    windows = sentence_windows(" ".join(sentences))
+    assert text_pieces("  One short passage.  ") == ["One short passage."]
+    assert sentence_windows("One short passage.", sentences("One short passage.")) == ["One short passage."]
+    assert sentence_windows("", sentences("")) == [""]
+    lines = [f"Sentence number {i} is here." for i in range(10)]
+    joined = " ".join(lines)
+    windows = sentence_windows(joined, sentences(joined))
     assert len(windows) > 1
-    for s in sentences:
+    for s in lines:
         assert any(s in w for w in windows)
     long = " ".join(["word"] * (3 * MAX_WINDOW_WORDS))
-    assert all(len(w.split()) <= MAX_WINDOW_WORDS for w in sentence_windows(long))
+    assert all(len(w.split()) <= MAX_WINDOW_WORDS for w in sentence_windows(long, sentences(long)))
 
 
 def test_fit_report_states_calibration_sources(guard: Guard, tmp_path: Path) -> None:

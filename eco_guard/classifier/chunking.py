@@ -15,6 +15,7 @@ the threshold, so the calibrated rate is a rate over texts scored this way.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 WINDOW_SENTENCES = 3
 """Sentences per window: enough context to resolve "she" or "the book" inside a passage,
@@ -56,18 +57,13 @@ def sentences(text: str) -> list[str]:
     return merged
 
 
-def sentence_windows(text: str) -> list[str]:
-    """Overlapping windows of three sentences; a text of at most three short sentences is its own single window.
+def sentence_windows(stripped: str, parts: Sequence[str]) -> list[str]:
+    """Overlapping windows of three of ``parts`` (the :func:`sentences` of the stripped text
+    ``stripped``); a text of at most three short sentences is its own single window.
 
-    Always returns at least one element (the stripped text, possibly empty) so that
-    callers can map every text to at least one score.
+    Always returns at least one element (the text, possibly empty) so that callers can
+    map every text to at least one score.
     """
-    stripped = text.strip()
-    return _windows(stripped, sentences(stripped))
-
-
-def _windows(stripped: str, parts: list[str]) -> list[str]:
-    """:func:`sentence_windows` of an already stripped and split text."""
     if len(parts) <= WINDOW_SENTENCES and len(stripped.split()) <= MAX_WINDOW_WORDS:
         return [stripped]
     windows: list[str] = []
@@ -89,7 +85,7 @@ def text_pieces(text: str) -> list[str]:
     parts = sentences(stripped)
     if len(parts) <= 1:
         return [stripped]
-    pieces = [stripped] + [p for s in parts for p in _cap_words(s)] + _windows(stripped, parts)
+    pieces = [stripped] + [p for s in parts for p in _cap_words(s)] + sentence_windows(stripped, parts)
     return list(dict.fromkeys(pieces))
 
 
