@@ -253,6 +253,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
         history.append({"role": "assistant", "content": "".join(pieces)})
 
 
+#: ServerConfig's fields by the `serve` flag that sets them, so a bad value is named as typed
+_SERVE_FLAGS = {
+    "max_body_bytes": "--max-body-bytes",
+    "request_timeout_s": "--request-timeout",
+    "batch_window_ms": "--batch-window-ms",
+    "max_batch_size": "--max-batch-size",
+    "default_max_tokens": "--max-new-tokens",
+    "max_check_inputs": "--max-check-inputs",
+    "max_check_words": "--max-check-words",
+}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the guard over an OpenAI-compatible HTTP API until SIGINT/SIGTERM."""
     from .server.config import ServerConfig
@@ -268,9 +280,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             batch_window_ms=args.batch_window_ms,
             max_batch_size=args.max_batch_size,
             default_max_tokens=args.max_new_tokens,
+            max_check_inputs=args.max_check_inputs,
+            max_check_words=args.max_check_words,
         )
     except ValueError as exc:
-        raise InputError(f"serve: {exc}") from exc
+        field, _, rest = str(exc).partition(" ")
+        raise InputError(f"{_SERVE_FLAGS.get(field, field)} {rest}") from exc
     serve(args.guard, host=args.host, port=args.port, config=config, audit_path=args.audit)
     return 0
 
@@ -370,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-window-ms", type=float, default=ServerConfig.batch_window_ms, help="micro-batch gathering window (<= 10)")
     p.add_argument("--max-batch-size", type=int, default=ServerConfig.max_batch_size)
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="default max_tokens")
+    p.add_argument("--max-check-inputs", type=int, default=ServerConfig.max_check_inputs, help="most inputs per /v1/guard/check request")
+    p.add_argument(
+        "--max-check-words", type=int, default=ServerConfig.max_check_words,
+        help="most words one /v1/guard/check request may classify (each input's last user turn); more gets 400",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="efficacy of a guard: recall/accuracy with the guard on and off, flags, fluency")

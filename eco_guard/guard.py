@@ -41,6 +41,20 @@ class TargetRule:
     refusal: str
 
 
+def _user_turns(messages: Sequence[dict[str, str]]) -> list[str]:
+    return [m["content"].strip() for m in messages if m["role"] == "user" and m["content"].strip()]
+
+
+def scored_turn_words(messages: Sequence[dict[str, str]]) -> int:
+    """Words in the turn scored by its pieces: what a conversation's classification costs.
+
+    The cost grows with this turn's length (one encoder row per sentence and window); the
+    joined earlier turns are one row, cut at the encoder's input length. The server bounds
+    a check request by it, since no model context bounds a text sent only to be checked.
+    """
+    return len(_user_turns(messages)[-1].split())
+
+
 def classification_texts(messages: Sequence[dict[str, str]]) -> list[str]:
     """The texts whose scores decide a conversation.
 
@@ -50,7 +64,7 @@ def classification_texts(messages: Sequence[dict[str, str]]) -> list[str]:
     earlier turn ("And where was she born?"), so the last four user turns joined together
     are scored too; a request is judged by the highest score of any of these.
     """
-    users = [m["content"].strip() for m in messages if m["role"] == "user" and m["content"].strip()]
+    users = _user_turns(messages)
     texts = text_pieces(users[-1])
     if len(users) > 1:
         texts.append("\n".join(users[-4:]))

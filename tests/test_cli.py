@@ -87,6 +87,16 @@ def test_argparse_errors_exit_2(capsys) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--max-check-words", "0"), ("--max-check-inputs", "0"), ("--batch-window-ms", "50"), ("--request-timeout", "0"), ("--max-new-tokens", "0")],
+)
+def test_serve_bad_limit_exits_2_naming_the_flag(tmp_path: Path, capsys, flag: str, value: str) -> None:
+    code, out, err = _run(capsys, "serve", "--guard", str(tmp_path / "nope"), flag, value)
+    assert code == 2 and out == ""
+    assert f"eco-guard serve: error: {flag} must be" in err, err
+
+
 def test_check_one_text(demo_guard_dir: Path, capsys) -> None:
     code, out, err = _run(capsys, "check", "--guard", str(demo_guard_dir), "What is the capital of France?")
     assert code == 0

@@ -182,6 +182,27 @@ def test_guard_check_is_batched_and_decisions_only(server: Server) -> None:
 
 
 @pytest.mark.slow
+def test_guard_check_refuses_more_words_or_inputs_than_its_limits_before_classifying(server: Server) -> None:
+    """No model context bounds a check, so a word limit does (default 50,000 per request)."""
+    before = len(server.audit_lines())
+    filler = "The committee met again on Tuesday. " * 4_000  # 24,000 words, about 145 KB
+    body = {"input": [UNFLAGGED, filler + FLAGGED, filler + filler]}  # 6 + 24,006 + 48,000 words
+    r = httpx.post(f"{server.base}/v1/guard/check", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "input_too_long" and error["param"] == "input"
+    assert "72,012 words" in error["message"] and "input[2] alone has 48,000" in error["message"]
+    r = httpx.post(f"{server.base}/v1/guard/check", json={"input": [UNFLAGGED] * 257}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_inputs"
+    assert len(server.audit_lines()) == before  # refused before classification: nothing decided
+    # Only the scored turn counts: a long system message costs nothing to classify.
+    chat = [{"role": "system", "content": filler * 3}, {"role": "user", "content": FLAGGED}]
+    r = httpx.post(f"{server.base}/v1/guard/check", json={"input": [chat]}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert [d["flagged"] for d in r.json()["data"]] == [True]
+
+
+@pytest.mark.slow
 def test_concurrent_mixed_requests_get_their_own_answers(server: Server) -> None:
     cases = [
         ("What is the capital of Australia?", False, ("Canberra", "Australia")),

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..guard import Guard
+from ..guard import Guard, scored_turn_words
 from ..runner.base import normalize_messages
 from . import openai_format as fmt
 from .batcher import BatcherClosed
@@ -176,6 +176,17 @@ def create_app(guard: Guard, config: ServerConfig = ServerConfig()) -> FastAPI:
             normalize_messages(item if isinstance(item, str) else _chat_of(item), where=f"input[{i}]")
             for i, item in enumerate(raw)
         ]
+        words = [scored_turn_words(chat) for chat in chats]
+        if sum(words) > config.max_check_words:
+            longest = max(range(len(words)), key=words.__getitem__)
+            raise APIError(
+                400,
+                f"input: {sum(words):,} words to classify (input[{longest}] alone has {words[longest]:,}); "
+                f"at most {config.max_check_words:,} per request (eco-guard serve --max-check-words); "
+                "split the request or the text",
+                param="input",
+                code="input_too_long",
+            )
         decisions = await bounded(lambda: service.check(chats))
         return {"object": "list", "data": [fmt.decision_json(d) for d in decisions]}
 

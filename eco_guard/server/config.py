@@ -26,6 +26,11 @@ class ServerConfig:
     default_max_tokens: int = 128
     #: most texts one /v1/guard/check request may carry
     max_check_inputs: int = 256
+    #: most words one /v1/guard/check request may ask to classify, summed over its inputs
+    #: (each input's scored turn: a text, or a chat's last user turn). A chat request is
+    #: bounded by the model's context; a check has no model, and classifying costs about
+    #: 0.5 ms a word on two cores, so the default bounds one request to tens of seconds.
+    max_check_words: int = 50_000
     #: the model id reported by /v1/models and in responses; None: the guard's name
     model_name: str | None = None
 
@@ -40,3 +45,7 @@ class ServerConfig:
             raise ValueError("max_batch_size must be at least 1")
         if self.default_max_tokens < 1:
             raise ValueError("default_max_tokens must be at least 1")
+        if self.max_check_inputs < 1:
+            raise ValueError("max_check_inputs must be at least 1")
+        if self.max_check_words < 1:
+            raise ValueError("max_check_words must be at least 1")
