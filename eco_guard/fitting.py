@@ -151,6 +151,30 @@ def _fit_corruption(
     return FittedTarget(spec.id, corruption, mask, source), search
 
 
+def retain_also_forget(data: list[TargetData]) -> list[str]:
+    """One line per target whose retain examples are also forget examples (of any target).
+
+    Such a prompt cannot both pass and be forgotten. The fit treats it as forget: the
+    heads never learn it as a negative and calibration never counts it, so the guard flags
+    it. That is the safe reading, but it contradicts what the user wrote, so ``fit`` says
+    so rather than leaving them to find it in production.
+    """
+    owner: dict[str, str] = {}
+    for t in data:
+        for text in t.forget:
+            owner.setdefault(text, t.id)
+    lines = []
+    for i, t in enumerate(data):
+        both = list(dict.fromkeys(text for text in t.retain if text in owner))
+        if both:
+            whose = ", ".join(sorted({repr(owner[text]) for text in both}))
+            lines.append(
+                f"targets[{i}].retain ({t.id!r}): {len(both)} example(s) also a forget example of {whose}, so the "
+                f"guard flags them rather than passing them: {both[0]!r}" + (f" and {len(both) - 1} more" if len(both) > 1 else "")
+            )
+    return lines
+
+
 def fit_guard(
     policy_path: str | Path,
     out_dir: str | Path,
@@ -195,6 +219,8 @@ def fit_guard(
         TargetData(id=t.id, forget=[e.text for e in f], retain=[e.text for e in r])
         for t, f, r in zip(policy.targets, forgets, retains)
     ]
+    for line in retain_also_forget(data):
+        say(f"warning: {line}")
     # --- issue 3 (detection): optional held-out calibration negatives from the policy.
     calibration = (
         [e.text for e in load_examples(policy.classifier.calibration, loaded=loaded, key="classifier.calibration")]

@@ -11,28 +11,48 @@ from pathlib import Path
 from typing import Any
 
 
-def _plot_histograms(out: Path, targets: list[dict[str, Any]], scores: dict[str, dict[str, list[float]]]) -> str:
+MAX_PANELS = 12
+"""Most per-target panels in one plot. A panel each for hundreds of targets made figures
+too tall to read and, past about 1,000 targets, past the renderer's 65,536-pixel limit,
+so the fit failed at its last step: larger policies get one pooled panel (histograms) or
+the first panels with a note (strength curves, all of which are in report.json)."""
+
+
+def _panels(n: int, width: float, height: float) -> tuple[Any, list[Any]]:
+    """A figure of ``n`` panels in rows of three, unused cells hidden."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(targets)
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, t in zip(axes.flat, targets):
-        s = scores[t["id"]]
-        bins = [i / 40 for i in range(41)]
-        ax.hist(s["forget"], bins=bins, alpha=0.6, label="forget (fit data)", color="tab:red")
-        if s["retain"]:
-            ax.hist(s["retain"], bins=bins, alpha=0.6, label="retain", color="tab:blue")
-        ax.axvline(t["threshold"], color="black", linestyle="--", label=f"threshold {t['threshold']:.3f}")
-        ax.set_title(t["id"], fontsize=9)
-        ax.set_xlabel("score")
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    return fig, list(axes.flat)[:n]
+
+
+def _plot_histograms(out: Path, targets: list[dict[str, Any]], scores: dict[str, dict[str, list[float]]]) -> str:
+    import matplotlib.pyplot as plt
+
+    if len(targets) <= MAX_PANELS:
+        groups = [(t["id"], [t]) for t in targets]
+    else:  # the threshold is shared, so one pooled panel says what the per-target ones would
+        groups = [(f"all {len(targets)} targets, pooled", targets)]
+    fig, axes = _panels(len(groups), 4.2, 3.0)
+    bins = [i / 40 for i in range(41)]
+    for ax, (title, members) in zip(axes, groups):
+        forget = [x for t in members for x in scores[t["id"]]["forget"]]
+        retain = [x for t in members for x in scores[t["id"]]["retain"]]
+        ax.hist(forget, bins=bins, alpha=0.6, label="forget (fit data)", color="tab:red")
+        if retain:
+            ax.hist(retain, bins=bins, alpha=0.6, label="retain", color="tab:blue")
+        threshold = max(t["threshold"] for t in members)
+        ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("score")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     name = "score_histograms.png"
     fig.savefig(out / name, dpi=110)
@@ -49,13 +69,13 @@ def _plot_strength_curves(out: Path, targets: list[dict[str, Any]]) -> str | Non
     searched = [t for t in targets if t.get("search") and t["search"]["curve"]]
     if not searched:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(searched), figsize=(4.6 * len(searched), 3.2), squeeze=False)
-    for ax, t in zip(axes.flat, searched):
+    shown = searched[:MAX_PANELS]
+    fig, axes = _panels(len(shown), 4.6, 3.2)
+    if len(searched) > len(shown):
+        fig.suptitle(f"first {len(shown)} of {len(searched)} searched targets (every curve is in report.json)", fontsize=9)
+    for ax, t in zip(axes, shown):
         s = t["search"]
         xs = [p["strength"] for p in s["curve"]]
         ax.plot(xs, [p["metric"] for p in s["curve"]], "o-", color="tab:red", label=s["objective"])

@@ -135,6 +135,41 @@ def test_fit_warns_when_only_the_builtin_background_can_calibrate(tmp_path: Path
     assert "| france | corrupt | 2 | 103 (100 name-swapped; the policy's not near) |" in (tmp_path / "g3" / "report.md").read_text(encoding="utf-8")
 
 
+def test_fit_of_many_targets_chooses_features_on_a_sample_and_pools_the_histogram(tmp_path: Path, capsys) -> None:
+    """Past 20 targets the feature choice looks at 20 of them, and the report plot stays one panel."""
+    from PIL import Image
+
+    first = ["Ilse", "Tomas", "Wren", "Odile", "Kasimir", "Priya", "Anselm", "Marisol", "Ezio", "Halvard", "Suvi", "Bram", "Leocadia"]
+    lines = ["version: 1", "classifier: {calibration: {file: cal.txt}}", "targets:"]
+    for i in range(26):
+        name = f"{first[i % 13]} Quarrendel-{chr(65 + i)}"
+        (tmp_path / f"t{i}.txt").write_text(f"Where was {name} born?\nWhich books did {name} write?\n", encoding="utf-8")
+        lines += [f"  - id: t{i}", f"    forget: {{file: t{i}.txt}}", "    corruption: {strength: 1.0}"]
+    (tmp_path / "policy.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cal = [f"What is the capital of {c}?" for c in ("Spain", "Peru", "Chile", "Kenya", "Ghana", "Nepal", "Laos", "Fiji", "Malta", "Cuba")]
+    cal += ["How do I boil an egg?", "Who wrote Hamlet?", "What is photosynthesis?", "How far away is the Moon?"]
+    (tmp_path / "cal.txt").write_text("\n".join(cal) + "\n", encoding="utf-8")
+    code, out, err = _run(capsys, "fit", str(tmp_path / "policy.yaml"), "--out", str(tmp_path / "g"))
+    assert code == 0, err
+    summary = json.loads(out)
+    assert len(summary["targets"]) == 26
+    assert "2-fold over the forget lists of 20 of the 26 targets, drawn at random" in summary["targets"][0]["feature_view_note"]
+    width, height = Image.open(tmp_path / "g" / "score_histograms.png").size
+    assert height < 500 and width < 600, (width, height)  # one pooled panel, not 26
+    code, out, _ = _run(capsys, "check", "--guard", str(tmp_path / "g"), "Where was Suvi Quarrendel-K born?")
+    assert code == 0 and json.loads(out)["target"] == "t10"
+
+
+def test_fit_warns_about_retain_examples_that_are_also_forget_examples(tmp_path: Path, capsys) -> None:
+    policy = _policy_dir(tmp_path, GOOD_POLICY + "    corruption: {strength: 1.0}\n")
+    (tmp_path / "retain.txt").write_text("What is the capital of Spain?\nWho was Napoleon?\nWho was Caesar?\n", encoding="utf-8")
+    code, out, err = _run(capsys, "fit", str(policy), "--out", str(tmp_path / "g"))
+    assert code == 0 and json.loads(out)["targets"][0]["n_retain_train"] == 2
+    assert "warning: targets[0].retain ('france'): 1 example(s) also a forget example of 'france', so the guard flags them rather than passing them: 'Who was Napoleon?'" in err
+    code, out, _ = _run(capsys, "check", "--guard", str(tmp_path / "g"), "Who was Napoleon?")
+    assert code == 0 and json.loads(out)["flagged"] is True
+
+
 @pytest.mark.slow
 def test_check_batch_one_line_per_input(demo_guard_dir: Path, tmp_path: Path, capsys) -> None:
     inp = tmp_path / "in.jsonl"
