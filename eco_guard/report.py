@@ -12,10 +12,11 @@ from typing import Any
 
 
 MAX_PANELS = 12
-"""Most per-target panels in one plot. A panel each for hundreds of targets made figures
-too tall to read and, past about 1,000 targets, past the renderer's 65,536-pixel limit,
-so the fit failed at its last step: larger policies get one pooled panel (histograms) or
-the first panels with a note (strength curves, all of which are in report.json)."""
+"""Most per-target panels in one plot. A panel each made figures too large to read, and
+past the renderer's 65,536-pixel limit (about 600 targets of histograms in rows of three;
+about 130 searched targets of strength curves, which were in one row) the fit failed at
+its last step. Larger policies get one pooled panel (histograms) or the first panels
+with a note (strength curves, all of which are in report.json)."""
 
 
 def _panels(n: int, width: float, height: float) -> tuple[Any, list[Any]]:
