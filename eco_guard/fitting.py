@@ -11,6 +11,7 @@ import hashlib
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from .classifier.training import NO_NEAR_NEGATIVES, lacks_near_negatives
 from .corruption import Corruption
 from .entities import extract_terms
 from .examples import Example, load_examples
-from .optimize import SearchConfig, SearchResult, search_strength
+from .optimize import SearchConfig, SearchJob, SearchResult, search_strengths
 from .policy import LoadedPolicy, TargetSpec, load_policy, policy_to_dict
 from .report import write_fit_report
 from .runner.base import MaskSpec
@@ -113,42 +114,48 @@ def embedding_stats(runner: TransformersRunner) -> EmbeddingStats:
     return EmbeddingStats(std=float(weight.float().std()), dim=int(weight.shape[1]))
 
 
-def _fit_corruption(
-    spec: TargetSpec,
+def _fit_corruptions(
+    specs: Sequence[TargetSpec],
+    forgets: Sequence[list[Example]],
     seed: int,
     runner: TransformersRunner | None,
-    forget: list[Example],
     config: SearchConfig,
-) -> tuple[FittedTarget, SearchResult | None]:
-    """Resolve a target's corruption: the policy's strength, or the searched one for ``auto``."""
-    c = spec.corruption
-    terms = tuple(c.terms)
-    if c.scope == "entities" and not terms:
-        terms = tuple(extract_terms([e.text for e in forget]))
-    mask = MaskSpec(scope=c.scope, terms=terms)
-    target_seed = _target_seed(seed, spec.id)
-    search: SearchResult | None = None
-    if c.strength == "auto":
-        assert runner is not None, "fit_guard loads the runner whenever a strength is auto"
-        strength, source = default_strength(c.method, c.dims, embedding_stats(runner)), "auto-default"
-        if spec.action == "corrupt" and c.method.startswith("rand_noise"):
-            base = Corruption(method=c.method, dims=c.dims, strength=strength, seed=target_seed)
-            search = search_strength(
-                runner,
-                [e.text for e in forget],
-                [e.answer for e in forget],
-                base,
-                mask,
-                metric=spec.objective.metric,
-                target=spec.objective.target,
-                config=config,
-                desc=f"fit {spec.id}",
+) -> list[tuple[FittedTarget, SearchResult | None]]:
+    """Resolve every target's corruption: the policy's strength, or the searched one for ``auto``.
+
+    The searches run together (:func:`search_strengths`), so targets with a few examples
+    each share generate batches instead of answering two questions at a time.
+    """
+    masks, seeds, jobs = [], [], {}
+    for i, (spec, forget) in enumerate(zip(specs, forgets)):
+        c = spec.corruption
+        terms = tuple(c.terms)
+        if c.scope == "entities" and not terms:
+            terms = tuple(extract_terms([e.text for e in forget]))
+        masks.append(MaskSpec(scope=c.scope, terms=terms))
+        seeds.append(_target_seed(seed, spec.id))
+        if c.strength == "auto" and spec.action == "corrupt" and c.method.startswith("rand_noise"):
+            assert runner is not None, "fit_guard loads the runner whenever a strength is auto"
+            start = default_strength(c.method, c.dims, embedding_stats(runner))
+            base = Corruption(method=c.method, dims=c.dims, strength=start, seed=seeds[i])
+            jobs[i] = SearchJob(
+                [e.text for e in forget], [e.answer for e in forget], base, masks[i], spec.objective.metric, spec.objective.target
             )
+    searched = dict(zip(jobs, search_strengths(runner, list(jobs.values()), config=config, desc="searching strengths"))) if jobs else {}
+    out = []
+    for i, spec in enumerate(specs):
+        c = spec.corruption
+        search = searched.get(i)
+        if search is not None:
             strength, source = search.strength, "optimized"
-    else:
-        strength, source = float(c.strength), "policy"
-    corruption = Corruption(method=c.method, dims=c.dims, strength=strength, seed=target_seed)
-    return FittedTarget(spec.id, corruption, mask, source), search
+        elif c.strength == "auto":
+            assert runner is not None, "fit_guard loads the runner whenever a strength is auto"
+            strength, source = default_strength(c.method, c.dims, embedding_stats(runner)), "auto-default"
+        else:
+            strength, source = float(c.strength), "policy"
+        corruption = Corruption(method=c.method, dims=c.dims, strength=strength, seed=seeds[i])
+        out.append((FittedTarget(spec.id, corruption, masks[i], source), search))
+    return out
 
 
 def retain_also_forget(data: list[TargetData]) -> list[str]:
@@ -254,7 +261,7 @@ def fit_guard(
     config = search if progress else search.quiet()
     if runner is not None:
         say("searching corruption strengths (zeroth-order, on the forget examples)")
-    pairs = [_fit_corruption(t, seed, runner, f, config) for t, f in zip(policy.targets, forgets)]
+    pairs = _fit_corruptions(policy.targets, forgets, seed, runner, config)
     fitted = [p[0] for p in pairs]
     data_record = [
         {

@@ -38,6 +38,15 @@ Fallbacks, all recorded in the result's ``note``:
   distractors (seeded). Without answers it falls back to divergence as above;
 * methods without a strength (zero_out/flip_sign) or an empty forget set: nothing is
   searched and the default is kept.
+
+Several targets are searched together (:func:`search_strengths`): each search is a
+generator that yields the answers it needs next and is resumed with them, and the
+driver generates what all of them asked for in shared batches. A search's steps depend
+on its own answers only, so the result is each target's own search; the batches are
+what change. On 2 CPU cores the bundled model answered 32 questions in 37 s two at a
+time, 10 s eight at a time and 7.5 s sixteen at a time; a target of two examples asks
+two at a time. One target alone is batched exactly as before (eight rows a call), so
+single-target fits keep their searched strengths.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ import hashlib
 import math
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 from .corruption import Corruption
@@ -76,7 +85,7 @@ class SearchConfig:
     steps: int = 4
     max_items: int = 12
     max_new_tokens: int = 24
-    batch_size: int = 8
+    batch_size: int = 8  # rows per generate call, across all targets searched together
     probe: float = 0.35  # initial finite-difference half-width h, in log-strength
     step: float = 0.7  # initial move, in log-strength; decays as 1 / (1 + k / 2)
     progress: bool = True
@@ -119,6 +128,31 @@ class SearchResult:
         d = asdict(self)
         d["curve"] = [asdict(p) for p in sorted(self.curve, key=lambda p: p.strength)]
         return d
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """One target's search: its forget examples, the corruption to tune and what to tune it toward."""
+
+    questions: Sequence[str]
+    answers: Sequence[str | None]
+    base: Corruption  # method, dims, start strength (the documented default) and seed
+    mask: MaskSpec
+    metric: str = "answer_recall"
+    target: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Answers:
+    """The answers a search needs before it can go on; the driver generates them."""
+
+    chats: list[list[dict[str, str]]]
+    corruptions: list[Corruption | None]
+    mask: MaskSpec
+    options: GenerationOptions
+
+
+_Search = Generator[_Answers, list[str], SearchResult]
 
 
 @dataclass(frozen=True)
@@ -178,14 +212,10 @@ class _Probe:
         c = Corruption(self.base.method, self.base.dims, strength, 0)
         return [c.with_seed(_row_seed(self.base.seed, i)) for i in range(len(self.rows))]
 
-    def answers(self, strength: float | None) -> list[str]:
+    def request(self, strength: float | None) -> _Answers:
+        """The answers to the search rows at ``strength`` (None: clean), as a request to the driver."""
         chats = [[{"role": "user", "content": r.question}] for r in self.rows]
-        corr = self.corruptions(strength)
-        out: list[str] = []
-        b = self.config.batch_size
-        for i in range(0, len(chats), b):
-            out += self.runner.generate(chats[i : i + b], corr[i : i + b], self.mask, self.options)
-        return out
+        return _Answers(chats, self.corruptions(strength), self.mask, self.options)
 
     def metric(self, strength: float | None, texts: Sequence[str]) -> float:
         """The objective's value on these answers (multiple choice re-scores the letters)."""
@@ -203,9 +233,9 @@ class _Probe:
         n = max(len(ratios), 1)
         return fluency, sum(ratios) / n, sum(r < MIN_DISTINCT for r in ratios) / n
 
-    def measure(self, strength: float) -> tuple[float, float | None, float, float]:
+    def measure(self, strength: float) -> Generator[_Answers, list[str], tuple[float, float | None, float, float]]:
         """(metric, fluency, mean distinct ratio, looping fraction) of the corrupted answers at ``strength``."""
-        texts = self.answers(strength)
+        texts = yield self.request(strength)
         return (self.metric(strength, texts), *self.quality(texts))
 
 
@@ -235,6 +265,61 @@ def search_strength(
     the seed; ``questions``/``answers`` are the target's forget examples (answers may be
     None). Deterministic for a given seed: rows, noise and distractors all derive from it.
     """
+    job = SearchJob(questions, answers, base, mask, metric, target)
+    return search_strengths(runner, [job], config=config, desc=desc)[0]
+
+
+def search_strengths(
+    runner: Runner, jobs: Sequence[SearchJob], *, config: SearchConfig = SearchConfig(), desc: str = "strength"
+) -> list[SearchResult]:
+    """Every job's search (see :func:`search_strength`), their answers generated in shared batches.
+
+    Each search runs until it needs answers; the driver then generates every waiting
+    search's rows together (grouped by mask and decoding options, ``config.batch_size``
+    rows a call) and resumes each with its own. One progress bar counts evaluated
+    strengths over all jobs.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs) * (1 + 2 * config.steps), desc=desc, unit="eval", file=sys.stderr, disable=not config.progress)
+    searches = [_search(runner, job, config, bar.update) for job in jobs]
+    results: list[SearchResult | None] = [None] * len(jobs)
+    waiting: dict[int, _Answers] = {}
+
+    def resume(i: int, texts: list[str] | None) -> None:
+        try:
+            waiting[i] = searches[i].send(texts)  # type: ignore[arg-type]  # None starts a generator
+        except StopIteration as done:
+            results[i] = done.value
+
+    with bar:
+        for i in range(len(searches)):
+            resume(i, None)
+        while waiting:
+            asked, groups = dict(waiting), {}
+            waiting.clear()
+            for i, req in asked.items():
+                groups.setdefault((req.mask, req.options), []).append(i)
+            for (mask, options), ids in groups.items():
+                rows = [(i, k) for i in ids for k in range(len(asked[i].chats))]
+                texts: list[str] = []
+                for b in range(0, len(rows), config.batch_size):
+                    part = rows[b : b + config.batch_size]
+                    chats = [asked[i].chats[k] for i, k in part]
+                    texts += runner.generate(chats, [asked[i].corruptions[k] for i, k in part], mask, options)
+                at = 0
+                for i in ids:
+                    n = len(asked[i].chats)
+                    resume(i, texts[at : at + n])
+                    at += n
+        bar.total = bar.n  # searches that settled early evaluated fewer points
+        bar.refresh()
+    return [r for r in results if r is not None]
+
+
+def _search(runner: Runner, job: SearchJob, config: SearchConfig, evaluated: Callable[[int], object]) -> _Search:
+    """One target's search as a generator: yields the answers it needs, returns its result."""
+    questions, answers, base, mask, metric, target = job.questions, job.answers, job.base, job.mask, job.metric, job.target
     start = base.strength
     rng = random.Random(base.seed)
     have_answers = bool(answers) and all(a and a.strip() for a in answers)
@@ -256,7 +341,8 @@ def search_strength(
     else:
         # recall needs every question's clean answer to find the known ones; divergence does not
         rows = [_Row(questions[i], answers[i] or "") for i in (order if kind == "answer_recall" else order[: config.max_items])]
-    clean = dict(zip((r.question for r in rows), _Probe(runner, rows, base, mask, kind, config).answers(None)))
+    clean_answers = yield _Probe(runner, rows, base, mask, kind, config).request(None)
+    clean = dict(zip((r.question for r in rows), clean_answers))
     if kind == "answer_recall":
         # Questions the model cannot answer stay unanswered under corruption; the search
         # looks at the ones it knows, which is where forgetting has to happen.
@@ -266,6 +352,9 @@ def search_strength(
     elif kind == "divergence":
         rows = [_Row(r.question, clean[r.question]) for r in rows if clean[r.question].strip()][: config.max_items]
         result.clean_metric = 1.0
+        if not rows:
+            result.note = "the clean model gave no answer to diverge from; default kept"
+            return result
     probe = _Probe(runner, rows, base, mask, kind, config)
     clean_texts = [clean[r.question] for r in rows]
     clean_fluency, _, _ = probe.quality(clean_texts)
@@ -280,34 +369,30 @@ def search_strength(
     lo, hi = math.log(start / SPAN), math.log(start * SPAN)
     cache: dict[float, Point] = {}
 
-    def evaluate(x: float) -> Point:
+    def evaluate(x: float) -> Generator[_Answers, list[str], Point]:
         x = min(max(x, lo), hi)
         key = round(x, 6)
         if key not in cache:
             s = math.exp(x)
-            m, f, d, loops = probe.measure(s)
+            m, f, d, loops = yield from probe.measure(s)
             m *= scale  # recall over all forget examples: unknown ones stay unrecalled
             cache[key] = Point(s, m, f, d, _loss(kind, m, target, f, bound, loops), loops)
-            bar.update(1)
-            bar.set_postfix(strength=f"{s:.4g}", metric=f"{m:.3f}", loss=f"{cache[key].loss:.3f}")
+            evaluated(1)
         return cache[key]
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=1 + 2 * config.steps, desc=desc, unit="eval", file=sys.stderr, disable=not config.progress)
-    with bar:
-        x, h = math.log(start), config.probe
-        centre = evaluate(x)
-        for k in range(config.steps):
-            plus, minus = evaluate(x + h), evaluate(x - h)
-            slope = (plus.loss - minus.loss) / (2 * h)
-            if slope == 0.0:
-                if centre.loss == 0.0 and plus.loss == 0.0 and minus.loss == 0.0:
-                    break  # flat and feasible all around: done
-                h = min(2 * h, hi - lo)
-                continue
-            x = min(max(x - math.copysign(config.step / (1 + k / 2), slope), lo), hi)
-            centre = evaluate(x)
+    x, h = math.log(start), config.probe
+    centre = yield from evaluate(x)
+    for k in range(config.steps):
+        plus = yield from evaluate(x + h)
+        minus = yield from evaluate(x - h)
+        slope = (plus.loss - minus.loss) / (2 * h)
+        if slope == 0.0:
+            if centre.loss == 0.0 and plus.loss == 0.0 and minus.loss == 0.0:
+                break  # flat and feasible all around: done
+            h = min(2 * h, hi - lo)
+            continue
+        x = min(max(x - math.copysign(config.step / (1 + k / 2), slope), lo), hi)
+        centre = yield from evaluate(x)
     result.curve = list(cache.values())
     result.strength = _choose(result.curve).strength
     return result

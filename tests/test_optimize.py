@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from eco_guard.corruption import Corruption
-from eco_guard.optimize import SPAN, SearchConfig, search_strength
+from eco_guard.optimize import SPAN, SearchConfig, SearchJob, search_strength, search_strengths
 from eco_guard.runner.base import MaskSpec
 
 TINY = SearchConfig(steps=1, max_items=2, max_new_tokens=10, progress=False)
@@ -31,6 +31,21 @@ def test_search_forgets_within_bounds_and_is_reproducible(runner) -> None:
     assert first.fluency_bound is not None and first.fluency_bound < first.clean_fluency < 0
     again = search_strength(runner, QUESTIONS, ANSWERS, base, MaskSpec(), config=TINY)
     assert again.to_dict() == first.to_dict()  # same seed, same search, same answer
+
+
+@pytest.mark.slow
+def test_searches_run_together_find_what_each_finds_alone(runner) -> None:
+    """Batched across targets, each search still follows its own answers: same curves, same strengths."""
+    config = SearchConfig(steps=1, max_items=2, max_new_tokens=10, batch_size=8, progress=False)
+    jobs = [
+        SearchJob(QUESTIONS, ANSWERS, Corruption("rand_noise_first_n", dims=576, strength=0.27, seed=7), MaskSpec()),
+        SearchJob(QUESTIONS[::-1], [None, None, None], Corruption("rand_noise_first_n", dims=576, strength=0.27, seed=1), MaskSpec()),
+        SearchJob(["Who wrote Hamlet?", "Who painted the Mona Lisa?"], ["Shakespeare", "Leonardo"], Corruption("rand_noise_first_n", dims=64, strength=0.5, seed=2), MaskSpec()),
+    ]
+    together = search_strengths(runner, jobs, config=config)
+    alone = [search_strength(runner, j.questions, j.answers, j.base, j.mask, config=config) for j in jobs]
+    assert [r.objective for r in together] == ["answer_recall", "divergence", "answer_recall"]
+    assert [r.to_dict() for r in together] == [r.to_dict() for r in alone]
 
 
 @pytest.mark.slow
