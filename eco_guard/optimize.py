@@ -63,7 +63,7 @@ from .evaluation.metrics import (
     MIN_DISTINCT,
     MCItem,
     answer_distinct_ratio,
-    answer_logprob,
+    answer_logprobs,
     contains_answer,
     mc_prediction,
     mean_or_none,
@@ -228,7 +228,7 @@ class _Probe:
 
     def quality(self, texts: Sequence[str]) -> tuple[float | None, float, float]:
         """(mean token log-prob under the clean model, mean distinct-token ratio, looping fraction)."""
-        fluency = mean_or_none([answer_logprob(self.runner, t) for t in texts])
+        fluency = mean_or_none(answer_logprobs(self.runner, texts))
         ratios = [answer_distinct_ratio(self.runner, t) for t in texts]
         n = max(len(ratios), 1)
         return fluency, sum(ratios) / n, sum(r < MIN_DISTINCT for r in ratios) / n

@@ -77,10 +77,22 @@ def answer_logprob(runner: Runner, answer: str) -> float | None:
 
     ``None`` for an empty answer, which has no tokens to score.
     """
-    if not answer.strip():
-        return None
+    return answer_logprobs(runner, [answer])[0]
+
+
+def answer_logprobs(runner: Runner, answers: Sequence[str]) -> list[float | None]:
+    """:func:`answer_logprob` of each answer, scored in one batched forward pass.
+
+    Every answer is a reply to the same context, so they are choices of one prompt: the
+    strength search scores a target's answers at every point it evaluates, and one pass
+    per answer was a third of the search's time.
+    """
+    present = [a for a in answers if a.strip()]
+    if not present:
+        return [None] * len(answers)
     chat = [{"role": "user", "content": FLUENCY_CONTEXT}]
-    return runner.score_choices(chat, [answer], None, reduction="mean")[0]
+    scores = iter(runner.score_choices(chat, present, None, reduction="mean"))
+    return [next(scores) if a.strip() else None for a in answers]
 
 
 def mean_or_none(values: Sequence[float | None]) -> float | None:
