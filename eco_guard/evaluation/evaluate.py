@@ -15,7 +15,7 @@ from typing import Any
 
 from ..guard import Guard
 from ..runner.base import GenerationOptions
-from .metrics import MIN_DISTINCT, MCItem, answer_distinct_ratio, answer_logprob, contains_answer, mc_prediction, mean_or_none
+from .metrics import MIN_DISTINCT, MCItem, answer_distinct_ratio, answer_logprobs, contains_answer, mc_prediction, mean_or_none
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,12 @@ def evaluate_qa(
                 )
             bar.update(len(chunk))
     corrupted = [p for p in per_row if p["action"] == "corrupt"]
-    for p in corrupted:
-        p["fluency_guarded"] = answer_logprob(guard.runner, p["guarded"])
-        p["fluency_bare"] = answer_logprob(guard.runner, p["bare"])
-        p["distinct_guarded"] = answer_distinct_ratio(guard.runner, p["guarded"])
+    for i in range(0, len(corrupted), batch_size):  # one scoring pass per chunk of answers
+        chunk = corrupted[i : i + batch_size]
+        fluent = zip(answer_logprobs(guard.runner, [p["guarded"] for p in chunk]), answer_logprobs(guard.runner, [p["bare"] for p in chunk]))
+        for p, (on, off) in zip(chunk, fluent):
+            p["fluency_guarded"], p["fluency_bare"] = on, off
+            p["distinct_guarded"] = answer_distinct_ratio(guard.runner, p["guarded"])
     return {"summary": summarize_qa(per_row), "rows": per_row}
 
 

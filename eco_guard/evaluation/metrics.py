@@ -72,20 +72,13 @@ def answer_distinct_ratio(runner: Runner, answer: str) -> float:
 FLUENCY_CONTEXT = "Write a reply."
 
 
-def answer_logprob(runner: Runner, answer: str) -> float | None:
-    """Mean token log-prob of ``answer`` under the clean model, as a reply to :data:`FLUENCY_CONTEXT`.
-
-    ``None`` for an empty answer, which has no tokens to score.
-    """
-    return answer_logprobs(runner, [answer])[0]
-
-
 def answer_logprobs(runner: Runner, answers: Sequence[str]) -> list[float | None]:
-    """:func:`answer_logprob` of each answer, scored in one batched forward pass.
+    """Mean token log-prob of each answer under the clean model, as a reply to :data:`FLUENCY_CONTEXT`.
 
-    Every answer is a reply to the same context, so they are choices of one prompt: the
-    strength search scores a target's answers at every point it evaluates, and one pass
-    per answer was a third of the search's time.
+    ``None`` for an empty answer, which has no tokens to score. Every answer is a reply
+    to the same context, so they are choices of one prompt and one batched forward pass
+    scores them all: the strength search scores a target's answers at every point it
+    evaluates, and one pass per answer was a third of the search's time.
     """
     present = [a for a in answers if a.strip()]
     if not present:
