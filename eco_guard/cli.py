@@ -253,7 +253,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         history.append({"role": "assistant", "content": "".join(pieces)})
 
 
-#: ServerConfig's fields by the `serve` flag that sets them, so a bad value is named as typed
+#: ServerConfig's fields by the `serve` flag that sets them: the config is built from this
+#: table, and a bad value is named as the user typed it
 _SERVE_FLAGS = {
     "max_body_bytes": "--max-body-bytes",
     "request_timeout_s": "--request-timeout",
@@ -274,15 +275,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise InputError(f"serve: the server extra is not installed ({exc}); pip install 'eco-guard[server]'") from exc
     try:
-        config = ServerConfig(
-            max_body_bytes=args.max_body_bytes,
-            request_timeout_s=args.request_timeout,
-            batch_window_ms=args.batch_window_ms,
-            max_batch_size=args.max_batch_size,
-            default_max_tokens=args.max_new_tokens,
-            max_check_inputs=args.max_check_inputs,
-            max_check_words=args.max_check_words,
-        )
+        config = ServerConfig(**{field: getattr(args, flag[2:].replace("-", "_")) for field, flag in _SERVE_FLAGS.items()})
     except ValueError as exc:
         field, _, rest = str(exc).partition(" ")
         raise InputError(f"{_SERVE_FLAGS.get(field, field)} {rest}") from exc

@@ -126,6 +126,7 @@ def _fit_corruptions(
     The searches run together (:func:`search_strengths`), so targets with a few examples
     each share generate batches instead of answering two questions at a time.
     """
+    stats = embedding_stats(runner) if runner is not None else None
     masks, seeds, jobs = [], [], {}
     for i, (spec, forget) in enumerate(zip(specs, forgets)):
         c = spec.corruption
@@ -135,8 +136,8 @@ def _fit_corruptions(
         masks.append(MaskSpec(scope=c.scope, terms=terms))
         seeds.append(_target_seed(seed, spec.id))
         if c.strength == "auto" and spec.action == "corrupt" and c.method.startswith("rand_noise"):
-            assert runner is not None, "fit_guard loads the runner whenever a strength is auto"
-            start = default_strength(c.method, c.dims, embedding_stats(runner))
+            assert stats is not None, "fit_guard loads the runner whenever a strength is auto"
+            start = default_strength(c.method, c.dims, stats)
             base = Corruption(method=c.method, dims=c.dims, strength=start, seed=seeds[i])
             jobs[i] = SearchJob(
                 [e.text for e in forget], [e.answer for e in forget], base, masks[i], spec.objective.metric, spec.objective.target
@@ -149,8 +150,8 @@ def _fit_corruptions(
         if search is not None:
             strength, source = search.strength, "optimized"
         elif c.strength == "auto":
-            assert runner is not None, "fit_guard loads the runner whenever a strength is auto"
-            strength, source = default_strength(c.method, c.dims, embedding_stats(runner)), "auto-default"
+            assert stats is not None, "fit_guard loads the runner whenever a strength is auto"
+            strength, source = default_strength(c.method, c.dims, stats), "auto-default"
         else:
             strength, source = float(c.strength), "policy"
         corruption = Corruption(method=c.method, dims=c.dims, strength=strength, seed=seeds[i])
