@@ -60,13 +60,17 @@ def write_people_policy(work: Path, n: int) -> Path:
     return path
 
 
+def timed_fit(policy: Path) -> tuple[float, dict[str, Any]]:
+    """Seconds `fit_guard` takes on ``policy`` (guard written beside it), and its report.json."""
+    start = time.perf_counter()
+    fit_guard(policy, policy.parent / "guard", progress=False)
+    seconds = time.perf_counter() - start
+    return seconds, json.loads((policy.parent / "guard" / "report.json").read_text(encoding="utf-8"))
+
+
 def time_fit(n: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="eco-guard-fit-scaling-") as tmp:
-        policy = write_people_policy(Path(tmp), n)
-        start = time.perf_counter()
-        fit_guard(policy, Path(tmp) / "guard", progress=False)
-        seconds = time.perf_counter() - start
-        report = json.loads((Path(tmp) / "guard" / "report.json").read_text(encoding="utf-8"))
+        seconds, report = timed_fit(write_people_policy(Path(tmp), n))
     return {"targets": n, "fit_s": round(seconds, 1), "features": report["targets"][0]["feature_view_note"]}
 
 
@@ -82,10 +86,7 @@ def time_d3_auto() -> dict[str, Any] | None:
         for target in doc["targets"]:
             target.pop("corruption")  # back to the default, strength: auto
         policy.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-        start = time.perf_counter()
-        fit_guard(policy, Path(tmp) / "guard", progress=False)
-        seconds = time.perf_counter() - start
-        report = json.loads((Path(tmp) / "guard" / "report.json").read_text(encoding="utf-8"))
+        seconds, report = timed_fit(policy)
     strengths = [round(t["corruption"]["strength"], 4) for t in report["targets"]]
     return {"targets": len(strengths), "fit_s": round(seconds, 1), "strengths": strengths}
 

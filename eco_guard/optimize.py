@@ -314,7 +314,9 @@ def search_strengths(
                     at += n
         bar.total = bar.n  # searches that settled early evaluated fewer points
         bar.refresh()
-    return [r for r in results if r is not None]
+    done = [r for r in results if r is not None]
+    assert len(done) == len(jobs), "every search runs to its end"  # so results stay aligned with jobs
+    return done
 
 
 def _search(runner: Runner, job: SearchJob, config: SearchConfig, evaluated: Callable[[int], object]) -> _Search:
