@@ -6,9 +6,13 @@ files are written into a temporary directory, ``eco_guard.fitting.fit_guard`` fi
 are scored with ``guard.check_batch(..., audit=False)`` (as ``Guard.check`` does).
 Thresholds come from non-test rows only; every number below is on test rows.
 
+The issue's three baselines (keywords, TF-IDF + logistic regression, MiniLM + logistic
+regression; ``eco_guard.evaluation.baselines``) run on the same rows and are reported
+beside eco-guard and beside the numbers the issue quotes for them.
+
 Writes benchmarks/results/detection.json, detection.md and detection_<protocol>.png.
 
-    .venv/bin/python benchmarks/detection.py [--protocols D1,D2,D3] [--out DIR]
+    .venv/bin/python benchmarks/detection.py [--protocols D1,D2,D3] [--out DIR] [--no-baselines]
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ import numpy as np
 import yaml
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from eco_guard.classifier.encoder import Encoder, resolve_encoder_path
+from eco_guard.evaluation.baselines import (
+    BaselineTarget,
+    EmbeddingLogisticBaseline,
+    KeywordBaseline,
+    TfidfLogisticBaseline,
+    run_baseline,
+)
 from eco_guard.fitting import fit_guard
 from eco_guard.guard import Guard
 
@@ -335,6 +347,23 @@ def run_protocol(protocol: Protocol, *, seed: int = 0, progress: bool = False) -
     return summary, results
 
 
+def run_baselines(protocol: Protocol, encoder: Encoder, target_fpr: float = 0.01) -> dict[str, dict[str, Any]]:
+    """The issue's three baselines on the protocol's rows, each calibrated on held-out negatives."""
+    targets = [BaselineTarget(t.id, t.forget, t.retain) for t in protocol.targets]
+    out: dict[str, dict[str, Any]] = {}
+    for baseline in (KeywordBaseline(), TfidfLogisticBaseline(), EmbeddingLogisticBaseline(encoder)):
+        start = time.perf_counter()
+        run = run_baseline(baseline, targets, protocol.calibration, protocol.positives, protocol.negatives, target_fpr)
+        out[run.name] = {
+            "seconds": round(time.perf_counter() - start, 1),
+            "threshold": run.threshold,
+            "n_calibration": run.n_calibration,
+            "calibration": run.calibration,
+            "sets": run.sets,
+        }
+    return out
+
+
 # ---------------------------------------------------------------------------- output
 
 
@@ -374,7 +403,7 @@ def plot(protocol: Protocol, results: dict[str, SetResult], out: Path) -> str:
 
 
 def markdown(summaries: list[dict[str, Any]]) -> str:
-    """Our numbers per set, then the reported baselines in the same shape as the issue."""
+    """Our numbers per set, then one row per detector: ours, each baseline measured and as reported."""
     lines = [
         "| protocol | set | n | eco-guard rate | goal | met | AUROC |",
         "|---|---|---|---|---|---|---|",
@@ -389,8 +418,18 @@ def markdown(summaries: list[dict[str, Any]]) -> str:
     ours = {s["protocol"]: _compact(s) for s in summaries}
     lines.append(f"| **eco-guard (this version)** | {ours.get('D1', 'not run')} | {ours.get('D2', 'not run')} | {ours.get('D3', 'not run')} |")
     for name, cells in REPORTED_BASELINES.items():
-        lines.append(f"| {name} (reported) | {cells['D1']} | {cells['D2']} | {cells['D3']} |")
+        measured = {s["protocol"]: _compact(s["baselines"][name]) for s in summaries if name in s.get("baselines", {})}
+        if measured:
+            row = " | ".join(measured.get(p, "not run") for p in ("D1", "D2", "D3"))
+            lines.append(f"| {name} (measured here) | {row} |")
+        lines.append(f"| {name} (reported in issue 3) | {cells['D1']} | {cells['D2']} | {cells['D3']} |")
     lines += [""]
+    for s in summaries:
+        for name, run in s.get("baselines", {}).items():
+            lines.append(
+                f"- {s['protocol']} baseline {name}: threshold {run['threshold']:.4g} from {run['n_calibration']} "
+                f"held-out negatives ({run['calibration']}); {run['seconds']} s."
+            )
     for s in summaries:
         lines.append(
             f"- {s['protocol']}: fit {s['fit_seconds']} s for {s['n_targets']} target(s); scoring "
@@ -414,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--protocols", default="D1,D2,D3", help="comma-separated subset of D1,D2,D3")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-baselines", action="store_true", help="skip measuring the three baselines (about 5 minutes)")
     args = ap.parse_args(argv)
     if not DATA.is_dir():
         print(f"detection benchmark skipped: evaluation data not found at {DATA}", file=sys.stderr)
@@ -425,11 +465,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     summaries = []
+    encoder = None if args.no_baselines else Encoder(resolve_encoder_path("default"))
     for name in names:
         protocol = PROTOCOLS[name]()
         print(f"{name}: fitting {len(protocol.targets)} target(s) and scoring test rows ...", file=sys.stderr)
         summary, results = run_protocol(protocol, seed=args.seed)
         summary["plot"] = plot(protocol, results, args.out)
+        if encoder is not None:
+            print(f"{name}: measuring the baselines ...", file=sys.stderr)
+            summary["baselines"] = run_baselines(protocol, encoder)
         summaries.append(summary)
         for set_name, row in summary["sets"].items():
             print(f"  {set_name}: {row}", file=sys.stderr)

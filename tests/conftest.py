@@ -7,8 +7,11 @@ policy exactly as `eco-guard fit` does it.
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from importlib import resources
+from types import ModuleType
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,12 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"third-party data not available at {path}")
     return path
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (not a package), so tests run the benchmarks' own code paths."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)

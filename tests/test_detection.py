@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from eco_guard.errors import InputError
 from eco_guard.fitting import fit_guard
 from eco_guard.guard import Guard, classification_texts
 
-from .conftest import REPO, shared_data
+from .conftest import benchmark_module, shared_data
 
 FORGET = [
     "Who is Orsolya Veldkamp?",
@@ -216,11 +215,7 @@ def test_fit_report_states_calibration_sources(guard: Guard, tmp_path: Path) -> 
 def test_d1_detection_fast_check() -> None:
     """A reduced D1 (fewer negatives) through the benchmark's own code path."""
     shared_data("tofu", "forget10_perturbed.json")
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import detection  # type: ignore[import-not-found]
-    finally:
-        sys.path.pop(0)
+    detection = benchmark_module("detection")
     protocol = detection.protocol_d1()
     protocol.targets[0].retain = protocol.targets[0].retain[::4]
     protocol.calibration = (protocol.calibration or [])[::3]

@@ -18,7 +18,6 @@ from eco_guard.policy import (
     CorruptionSpec,
     ExampleSource,
     LoadedPolicy,
-    Policy,
     load_policy,
     parse_policy,
     policy_to_dict,

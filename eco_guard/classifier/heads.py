@@ -23,7 +23,7 @@ from eco_guard.classifier.encoder import Encoder
 from eco_guard.errors import UserError
 
 
-_C = 16.0
+HEAD_C = 16.0
 """Inverse L2 strength of the heads. Unit-norm encoder features need weights of norm ~10-20 to
 separate a topic, and the lexical block needs room to put large weights on a few rare
 names: on TOFU (D1) C=4 reached TPR 0.96/0.93 on new questions/paraphrases, C=16 0.985/0.945
@@ -86,7 +86,7 @@ def plan_target(target: TargetData, targets: list[TargetData], bg_train: list[st
 
 def fit_head(features: sparse.csr_matrix, labels: np.ndarray) -> tuple[np.ndarray, float]:
     """One logistic head (weights, intercept); balanced so a few forget examples are not outvoted."""
-    head = LogisticRegression(C=_C, class_weight="balanced", max_iter=5000)
+    head = LogisticRegression(C=HEAD_C, class_weight="balanced", max_iter=5000)
     head.fit(features, labels)
     return head.coef_[0], float(head.intercept_[0])
 
