@@ -14,7 +14,7 @@ nearly worthless, so the head's weight goes to the distinctive ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +82,15 @@ class Lexicon:
         norms = np.sqrt(np.asarray(rows.multiply(rows).sum(axis=1)).ravel())
         norms[norms == 0.0] = 1.0
         return sparse.diags(self.weight / norms) @ rows
+
+
+def analyzer() -> Callable[[str], list[str]]:
+    """The lexical block's tokenisation as a function: a text's lower-cased words and word pairs.
+
+    For other code that must split texts exactly as the lexical features do (the baseline
+    detectors of :mod:`eco_guard.evaluation.baselines`).
+    """
+    return _vectorizer(None).build_analyzer()
 
 
 def _vectorizer(vocabulary: list[str] | None) -> CountVectorizer:

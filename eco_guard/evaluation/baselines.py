@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from eco_guard.classifier.calibration import conformal_threshold
 from eco_guard.classifier.encoder import Encoder
 from eco_guard.classifier.heads import HEAD_C, unique_texts
-from eco_guard.classifier.lexical import NGRAM_RANGE, TOKEN_PATTERN
+from eco_guard.classifier.lexical import analyzer
 
 Scorer = Callable[[Sequence[str]], np.ndarray]
 """Texts -> one score per text (the maximum over targets); higher means more forget-like."""
@@ -87,7 +87,7 @@ class KeywordBaseline:
     name = "keyword list from forget examples"
 
     def fit(self, targets: Sequence[BaselineTarget]) -> Scorer:
-        tokenizer = CountVectorizer(lowercase=True, token_pattern=TOKEN_PATTERN, ngram_range=NGRAM_RANGE).build_analyzer()
+        tokenizer = analyzer()
         lists: list[frozenset[str]] = []
         for k, target in enumerate(targets):
             used = {term for text in _negatives(targets, k) for term in tokenizer(text)}
@@ -107,7 +107,7 @@ class TfidfLogisticBaseline:
 
     def fit(self, targets: Sequence[BaselineTarget]) -> Scorer:
         corpus = unique_texts(s for t in targets for s in (*t.forget, *t.retain))
-        vectorizer = TfidfVectorizer(lowercase=True, token_pattern=TOKEN_PATTERN, ngram_range=NGRAM_RANGE, sublinear_tf=True)
+        vectorizer = TfidfVectorizer(analyzer=analyzer(), sublinear_tf=True)
         vectorizer.fit(corpus)
         heads = []
         for k, target in enumerate(targets):
