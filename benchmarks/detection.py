@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
 from eco_guard.classifier.encoder import Encoder, resolve_encoder_path
 from eco_guard.evaluation.baselines import (
@@ -40,6 +40,7 @@ from eco_guard.evaluation.baselines import (
     KeywordBaseline,
     TfidfLogisticBaseline,
     run_baseline,
+    set_rates,
 )
 from eco_guard.fitting import fit_guard
 from eco_guard.guard import Guard
@@ -318,7 +319,6 @@ def run_protocol(protocol: Protocol, *, seed: int = 0, progress: bool = False) -
             )
         score_s = time.perf_counter() - start
     first = report["targets"][0]
-    all_neg = np.concatenate([results[k].scores for k in protocol.negatives])
     summary: dict[str, Any] = {
         "protocol": protocol.name,
         "n_targets": len(protocol.targets),
@@ -330,17 +330,14 @@ def run_protocol(protocol: Protocol, *, seed: int = 0, progress: bool = False) -
         "classifier_features": first.get("feature_view_note", ""),
         "sets": {},
     }
-    for name, res in results.items():
+    rates = set_rates({k: r.scores for k, r in results.items()}, {k: r.flagged for k, r in results.items()}, protocol.positives)
+    for name, rate_row in rates.items():
         is_pos = name in protocol.positives
-        row: dict[str, Any] = {"kind": "positive" if is_pos else "negative", "n": int(res.flagged.size)}
-        rate = float(res.flagged.mean())
-        row["tpr" if is_pos else "fpr"] = round(rate, 4)
-        if is_pos:
-            labels = np.r_[np.ones(res.scores.size), np.zeros(all_neg.size)]
-            row["auroc_vs_all_negatives"] = round(float(roc_auc_score(labels, np.r_[res.scores, all_neg])), 4)
+        row: dict[str, Any] = {"kind": "positive" if is_pos else "negative", **rate_row}
         goal = protocol.goals.get(name)
         if goal:
             kind, bound = goal
+            rate = float(results[name].flagged.mean())  # unrounded, as the goal is judged
             row["goal"] = f"{kind.replace('>=', ' >= ').replace('<=', ' <= ')}{bound}"
             row["met"] = rate >= bound if kind == "tpr>=" else rate <= bound
         summary["sets"][name] = row

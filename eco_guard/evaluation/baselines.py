@@ -25,9 +25,9 @@ train on. Nothing here is used by :class:`~eco_guard.guard.Guard`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -100,25 +100,37 @@ class KeywordBaseline:
         return score
 
 
+def _training_texts(targets: Sequence[BaselineTarget]) -> list[str]:
+    """Every example of every target, once: what a baseline learns its features from."""
+    return unique_texts(s for t in targets for s in (*t.forget, *t.retain))
+
+
+def _fit_heads(
+    targets: Sequence[BaselineTarget], train_rows: Callable[[list[str]], Any], score_rows: Callable[[list[str]], Any]
+) -> Scorer:
+    """One logistic head per target on ``train_rows`` of its examples; new texts, featurised by
+    ``score_rows``, score the max over heads."""
+    heads = []
+    for k, target in enumerate(targets):
+        positives, negatives = unique_texts(target.forget), _negatives(targets, k)
+        heads.append(_logistic(train_rows([*positives, *negatives]), len(positives), len(negatives)))
+
+    def score(texts: Sequence[str]) -> np.ndarray:
+        rows = score_rows(list(texts))
+        return np.max([head.decision_function(rows) for head in heads], axis=0)
+
+    return score
+
+
 class TfidfLogisticBaseline:
     """Word and word-pair TF-IDF with one logistic head per target."""
 
     name = "TF-IDF + logistic regression"
 
     def fit(self, targets: Sequence[BaselineTarget]) -> Scorer:
-        corpus = unique_texts(s for t in targets for s in (*t.forget, *t.retain))
         vectorizer = TfidfVectorizer(analyzer=analyzer(), sublinear_tf=True)
-        vectorizer.fit(corpus)
-        heads = []
-        for k, target in enumerate(targets):
-            positives, negatives = unique_texts(target.forget), _negatives(targets, k)
-            heads.append(_logistic(vectorizer.transform([*positives, *negatives]), len(positives), len(negatives)))
-
-        def score(texts: Sequence[str]) -> np.ndarray:
-            rows = vectorizer.transform(list(texts))
-            return np.max([head.decision_function(rows) for head in heads], axis=0)
-
-        return score
+        vectorizer.fit(_training_texts(targets))
+        return _fit_heads(targets, vectorizer.transform, vectorizer.transform)
 
 
 class EmbeddingLogisticBaseline:
@@ -130,20 +142,10 @@ class EmbeddingLogisticBaseline:
         self._encoder = encoder
 
     def fit(self, targets: Sequence[BaselineTarget]) -> Scorer:
-        encoder = self._encoder
-        texts = unique_texts(s for t in targets for s in (*t.forget, *t.retain))
+        texts = _training_texts(targets)
         row = {s: i for i, s in enumerate(texts)}
-        emb = encoder.encode(texts)
-        heads = []
-        for k, target in enumerate(targets):
-            positives, negatives = unique_texts(target.forget), _negatives(targets, k)
-            heads.append(_logistic(emb[[row[s] for s in [*positives, *negatives]]], len(positives), len(negatives)))
-
-        def score(batch: Sequence[str]) -> np.ndarray:
-            vectors = encoder.encode(list(batch))
-            return np.max([head.decision_function(vectors) for head in heads], axis=0)
-
-        return score
+        emb = self._encoder.encode(texts)  # each training text embedded once, shared by every head
+        return _fit_heads(targets, lambda batch: emb[[row[s] for s in batch]], self._encoder.encode)
 
 
 @dataclass(frozen=True)
@@ -174,10 +176,10 @@ def run_baseline(
     heads were fitted on; a target with fewer than two retain examples keeps them all.
     """
     if calibration is None:
-        held_out = unique_texts(s for t in targets for s in t.retain[len(t.retain) // 2 :] if len(t.retain) >= 2)
-        train = [
-            BaselineTarget(t.id, t.forget, t.retain[: len(t.retain) // 2] if len(t.retain) >= 2 else t.retain) for t in targets
-        ]
+        # (first half, second half) of each retain list; under two examples nothing is held out.
+        halves = [(t.retain[: len(t.retain) // 2], t.retain[len(t.retain) // 2 :]) if len(t.retain) >= 2 else (t.retain, []) for t in targets]
+        held_out = unique_texts(s for _, second in halves for s in second)
+        train = [BaselineTarget(t.id, t.forget, first) for t, (first, _) in zip(targets, halves)]
         source = "second half of each target's retain examples (heads trained on the first half)"
     else:
         held_out, train, source = unique_texts(calibration), list(targets), "the protocol's calibration rows"
@@ -186,14 +188,27 @@ def run_baseline(
     scorer = baseline.fit(train)
     cal = conformal_threshold(scorer(held_out), target_fpr)
     scores = {name: scorer(list(texts)) for name, texts in {**positives, **negatives}.items()}
-    all_negatives = np.concatenate([scores[name] for name in negatives])
+    sets = set_rates(scores, {name: values > cal.threshold for name, values in scores.items()}, positives)
+    return BaselineRun(baseline.name, cal.threshold, cal.n_calibration, source, sets)
+
+
+def set_rates(
+    scores: Mapping[str, np.ndarray], flagged: Mapping[str, np.ndarray], positives: Collection[str]
+) -> dict[str, dict[str, float | int]]:
+    """Per labelled set: its size, the rate flagged (TPR for the ``positives`` sets, FPR for
+    the rest) and, for positive sets, the AUROC of their scores against every negative set's.
+
+    The detection benchmark reports eco-guard's rows through this too, so both detectors'
+    numbers are computed alike.
+    """
+    all_negatives = np.concatenate([values for name, values in scores.items() if name not in positives])
     sets: dict[str, dict[str, float | int]] = {}
     for name, values in scores.items():
-        rate = round(float(np.mean(values > cal.threshold)), 4)
+        rate = round(float(np.mean(flagged[name])), 4)
         if name in positives:
             labels = np.r_[np.ones(values.size), np.zeros(all_negatives.size)]
             auroc = round(float(roc_auc_score(labels, np.r_[values, all_negatives])), 4)
             sets[name] = {"n": int(values.size), "tpr": rate, "auroc_vs_all_negatives": auroc}
         else:
             sets[name] = {"n": int(values.size), "fpr": rate}
-    return BaselineRun(baseline.name, cal.threshold, cal.n_calibration, source, sets)
+    return sets
