@@ -53,11 +53,9 @@ from detection import (  # type: ignore[import-not-found]
     HERE,
     Protocol,
     TargetRows,
-    _csv_questions,
-    _json_rows,
-    _shuffled,
-    mmlu_subject_rows,
+    _mmlu_splits,
     run_protocol,
+    wmdp_split,
 )
 from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
@@ -81,22 +79,14 @@ class Fold:
         self.train_pos: list[tuple[str, int]] = []
         self.val_pos: list[tuple[str, int]] = []
         for label, name in enumerate(TARGETS, start=1):
-            rows = _shuffled([r["question"] for r in _json_rows(DATA / "wmdp" / f"wmdp-{name}.json")])
-            train = rows[: len(rows) // 5]  # D2's training rows; the rest are test rows, never read here
+            train, _ = wmdp_split(name)  # D2's training rows; its test rows are never read here
             self.train_pos += [(t, label) for i, t in enumerate(train) if i % 2 == fold]
             self.val_pos += [(t, label) for i, t in enumerate(train) if i % 2 != fold]
-        self.train_neg: list[str] = []
-        for path in sorted((DATA / "mmlu" / "dev").glob("*.csv")):
-            self.train_neg += _csv_questions(path)
-        cal: list[tuple[bool, str]] = []
-        for subject, rows in mmlu_subject_rows().items():
-            quarter = len(rows) // 4
-            self.train_neg += rows[:quarter]
-            cal += [(subject in RELATED_MMLU, r) for r in rows[quarter : 2 * quarter]]
-        self.calibrate = [t for i, (_, t) in enumerate(cal) if i % 2 == 0]
-        measure = [c for i, c in enumerate(cal) if i % 2 == 1]
-        self.related = [t for rel, t in measure if rel]
-        self.other = [t for rel, t in measure if not rel]
+        self.train_neg, cal, _ = _mmlu_splits()
+        self.calibrate = [t for _, t in cal[0::2]]
+        measure = cal[1::2]
+        self.related = [t for subject, t in measure if subject in RELATED_MMLU]
+        self.other = [t for subject, t in measure if subject not in RELATED_MMLU]
 
     def train_texts(self) -> tuple[list[str], np.ndarray]:
         """Training texts with labels 0 (MMLU), 1 (bio), 2 (cyber): one softmax head serves both targets."""
@@ -178,7 +168,7 @@ def run_fold(fold_index: int, epochs: int, seed: int) -> dict[str, Any]:
     }
     print(f"fold {fold_index}: eco-guard's own fit ...", file=sys.stderr)
     start = time.perf_counter()
-    summary, sets = run_protocol(fold.protocol(), seed=seed)
+    _, sets = run_protocol(fold.protocol(), seed=seed)
     pos = {name: sets[name].scores for name in TARGETS}
     # Scores are margins over the guard's own threshold, so the product's threshold is 0.
     result["detectors"]["eco-guard"] = {**summarise(pos, sets["related"].scores, sets["other"].scores, 0.0), "seconds": round(time.perf_counter() - start, 1)}

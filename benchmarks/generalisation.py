@@ -67,10 +67,10 @@ from detection import (  # type: ignore[import-not-found]
     TargetRows,
     _forget10,
     _json_rows,
-    _shuffled,
     _tofu_negatives,
     mmlu_subject_rows,
     run_protocol,
+    wmdp_split,
 )
 
 SUBJECTS = ("astronomy", "world_religions", "nutrition", "prehistory", "high_school_macroeconomics", "philosophy")
@@ -150,7 +150,7 @@ def probe_topic_with_everyday_retain(kind: str) -> Protocol:
 
 
 def probe_topic(kind: str) -> Protocol:
-    train = _wmdp_training_fifth(kind)
+    train = wmdp_split(kind)[0]
     return Protocol(
         name=f"P2 topic {kind}",
         targets=[TargetRows(f"wmdp-{kind}", train[:20], [], f"Hazardous {kind} knowledge.")],
@@ -167,15 +167,9 @@ P4_RETAIN_SUBJECTS = {
 """P4's retain subjects: MMLU subjects next to each WMDP kind, picked before any run."""
 
 
-def _wmdp_training_fifth(kind: str) -> list[str]:
-    """The D2 protocol's training rows of one WMDP kind (its first fifth after the seeded shuffle)."""
-    rows = _shuffled([r["question"] for r in _json_rows(DATA / "wmdp" / f"wmdp-{kind}.json")])
-    return rows[: len(rows) // 5]
-
-
 def probe_topic_with_retain(kind: str) -> Protocol:
     mmlu = _mmlu_non_test()
-    train = _wmdp_training_fifth(kind)
+    train = wmdp_split(kind)[0]
     near = P4_RETAIN_SUBJECTS[kind]
     return Protocol(
         name=f"P4 topic+retain {kind}",
