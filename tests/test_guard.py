@@ -31,7 +31,7 @@ def test_check_scores_every_request(demo_guard: Guard) -> None:
     # A pass still carries its real score, not a placeholder.
     assert 0.0 < miss.score < miss.threshold
     assert set(miss.scores) == {"france"}
-    assert hit.corruption is not None and hit.corruption["method"] == "rand_noise_first_n"
+    assert hit.corruption is not None and hit.corruption.method == "rand_noise_first_n"
 
 
 def test_unflagged_answer_is_the_bare_models(demo_guard: Guard, runner) -> None:
@@ -179,5 +179,5 @@ def test_bfloat16_policy_fits_and_serves_at_its_precision(demo_policy_text: str,
     (tmp_path / "p.yaml").write_text(text, encoding="utf-8")
     fit_guard(tmp_path / "p.yaml", tmp_path / "g", seed=0, progress=False)
     guard = Guard.load(tmp_path / "g", audit=False)
-    assert guard.classifier.encoder.precision == "bfloat16"
+    assert guard.classifier.features.encoder.precision == "bfloat16"
     assert guard.check(FLAGGED).flagged and not guard.check(UNFLAGGED).flagged
