@@ -154,7 +154,7 @@ def read_guard(
         raise GuardLoadError(f"{directory / GUARD_FILE}: missing or malformed entry ({exc}); re-run `eco-guard fit`") from exc
     policy = loaded.policy
     encoder = Encoder(
-        resolve_encoder_path(policy.classifier.features.encoder, loaded.base_dir),
+        resolve_encoder_path(policy.classifier.encoder, loaded.base_dir),
         precision=policy.classifier.precision,
         runtime=policy.classifier.runtime,
     )

@@ -215,7 +215,7 @@ def fit_guard(
     # Fail early on a bad model reference, before spending time on the classifier.
     resolve_model(policy.model.path, loaded.base_dir, progress=progress)
     encoder = Encoder(
-        resolve_encoder_path(policy.classifier.features.encoder, loaded.base_dir),
+        resolve_encoder_path(policy.classifier.encoder, loaded.base_dir),
         precision=policy.classifier.precision,
         runtime=policy.classifier.runtime,
     )

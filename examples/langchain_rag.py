@@ -29,7 +29,7 @@ def build_chain(guard: Any, max_new_tokens: int) -> Any:
     from eco_guard.runner.base import GenerationOptions
     from langchain_eco_guard import EcoGuardChatModel, EcoGuardEmbeddings, EcoGuardRouter, to_chat
 
-    store = InMemoryVectorStore.from_texts(DOCUMENTS, EcoGuardEmbeddings(guard.classifier.features.encoder))
+    store = InMemoryVectorStore.from_texts(DOCUMENTS, EcoGuardEmbeddings(guard.classifier.encoder))
     retriever = store.as_retriever(search_kwargs={"k": 2})
     prompt = ChatPromptTemplate.from_messages(
         [("system", "Answer in one sentence using the context."), ("user", "Context:\n{context}\n\nQuestion: {question}")]

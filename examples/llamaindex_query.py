@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="eco-llamaindex-") as tmp:
         guard = Guard.load(guard_dir(args.guard, Path(tmp)))
-        Settings.embed_model = EcoGuardEmbedding(guard.classifier.features.encoder)
+        Settings.embed_model = EcoGuardEmbedding(guard.classifier.encoder)
         Settings.llm = EcoGuardLLM(guard=guard, max_new_tokens=args.max_new_tokens)
         index = VectorStoreIndex.from_documents([Document(text=t) for t in DOCUMENTS])
         engine = index.as_query_engine(similarity_top_k=2, node_postprocessors=[EcoGuardNodePostprocessor(guard=guard)])

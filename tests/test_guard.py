@@ -179,5 +179,5 @@ def test_bfloat16_policy_fits_and_serves_at_its_precision(demo_policy_text: str,
     (tmp_path / "p.yaml").write_text(text, encoding="utf-8")
     fit_guard(tmp_path / "p.yaml", tmp_path / "g", seed=0, progress=False)
     guard = Guard.load(tmp_path / "g", audit=False)
-    assert guard.classifier.features.encoder.precision == "bfloat16"
+    assert guard.classifier.encoder.precision == "bfloat16"
     assert guard.check(FLAGGED).flagged and not guard.check(UNFLAGGED).flagged

@@ -58,9 +58,9 @@ async def test_postprocessor_async(guard: Any) -> None:
 
 
 def test_embedding_matches_encoder(guard: Any) -> None:
-    embed = EcoGuardEmbedding(guard.classifier.features.encoder)
+    embed = EcoGuardEmbedding(guard.classifier.encoder)
     vector = embed.get_query_embedding(PASSED)
-    assert len(vector) == guard.classifier.features.encoder.dim
+    assert len(vector) == guard.classifier.encoder.dim
     assert embed.get_text_embedding_batch([PASSED, FLAGGED])[0] == pytest.approx(vector, abs=1e-5)
 
 

@@ -110,7 +110,7 @@ def test_defaults(tmp_path: Path) -> None:
     loaded = load_policy(write(tmp_path / "policy.yaml", MINIMAL))
     policy = loaded.policy
     assert policy.model.path == "default" and policy.model.device == "auto" and policy.model.dtype == "auto"
-    assert policy.classifier.features.encoder == "default" and policy.classifier.target_fpr == 0.01
+    assert policy.classifier.encoder == "default" and policy.classifier.target_fpr == 0.01
     assert policy.on_error == "fail_closed"
     assert policy.audit.path is None and policy.audit.prompts == "hash"
     target = policy.targets[0]

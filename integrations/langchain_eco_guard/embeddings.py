@@ -17,7 +17,7 @@ class EcoGuardEmbeddings(Embeddings):
 
     Args:
         encoder: an :class:`eco_guard.classifier.Encoder` to share (e.g. a guard's
-            ``guard.classifier.features.encoder``), or ``None`` to load the bundled one.
+            ``guard.classifier.encoder``), or ``None`` to load the bundled one.
     """
 
     def __init__(self, encoder: Encoder | None = None) -> None:

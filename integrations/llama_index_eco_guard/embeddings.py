@@ -20,7 +20,7 @@ class EcoGuardEmbedding(BaseEmbedding):
 
     Args:
         encoder: an :class:`eco_guard.classifier.Encoder` to share (e.g. a guard's
-            ``guard.classifier.features.encoder``), or ``None`` to load the bundled one.
+            ``guard.classifier.encoder``), or ``None`` to load the bundled one.
     """
 
     _encoder: Encoder = PrivateAttr()
