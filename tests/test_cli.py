@@ -104,6 +104,7 @@ def test_check_one_text(demo_guard_dir: Path, capsys) -> None:
     assert d["flagged"] is True and d["target"] == "france" and d["score"] > d["threshold"]
 
 
+@pytest.mark.fits
 def test_fit_warns_when_only_the_builtin_background_can_calibrate(tmp_path: Path, capsys) -> None:
     """Without retain examples or a calibration set, the certified rate only covers generic prompts: say so."""
     with_retain = _policy_dir(tmp_path, GOOD_POLICY + "    corruption: {strength: 1.0}\n")
@@ -135,6 +136,7 @@ def test_fit_warns_when_only_the_builtin_background_can_calibrate(tmp_path: Path
     assert "| france | corrupt | 2 | 103 (100 name-swapped; the policy's not near) |" in (tmp_path / "g3" / "report.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.fits
 def test_fit_of_many_targets_chooses_features_on_a_sample_and_pools_the_histogram(tmp_path: Path, capsys) -> None:
     """Past 20 targets the feature choice looks at 20 of them, and the report plot stays one panel."""
     from PIL import Image
@@ -160,6 +162,7 @@ def test_fit_of_many_targets_chooses_features_on_a_sample_and_pools_the_histogra
     assert code == 0 and json.loads(out)["target"] == "t10"
 
 
+@pytest.mark.fits
 def test_fit_warns_about_retain_examples_that_are_also_forget_examples(tmp_path: Path, capsys) -> None:
     policy = _policy_dir(tmp_path, GOOD_POLICY + "    corruption: {strength: 1.0}\n")
     (tmp_path / "retain.txt").write_text("What is the capital of Spain?\nWho was Napoleon?\nWho was Caesar?\n", encoding="utf-8")

@@ -211,6 +211,7 @@ def test_fit_report_states_calibration_sources(guard: Guard, tmp_path: Path) -> 
     assert report["targets"][0]["calibration_achievable"]
 
 
+@pytest.mark.fits
 @pytest.mark.slow
 def test_d1_detection_fast_check() -> None:
     """A reduced D1 (fewer negatives) through the benchmark's own code path."""

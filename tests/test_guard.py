@@ -170,6 +170,7 @@ def test_load_restores_exactly_and_fit_is_deterministic(demo_guard_dir: Path, de
     assert [r.corruption for r in reloaded.rules] == [r.corruption for r in demo_guard.rules]
 
 
+@pytest.mark.fits
 def test_bfloat16_policy_fits_and_serves_at_its_precision(demo_policy_text: str, tmp_path: Path) -> None:
     """``classifier.precision`` is used for fitting and recorded, so loading serves at the same precision."""
     text = demo_policy_text.replace("  target_fpr: 0.01", "  target_fpr: 0.01\n  precision: bfloat16").replace(
