@@ -7,7 +7,7 @@ are scored with ``guard.check_batch(..., audit=False)`` (as ``Guard.check`` does
 Thresholds come from non-test rows only; every number below is on test rows.
 
 The issue's three baselines (keywords, TF-IDF + logistic regression, MiniLM + logistic
-regression; ``eco_guard.evaluation.baselines``) run on the same rows and are reported
+regression; ``benchmarks/baselines.py``) run on the same rows and are reported
 beside eco-guard and beside the numbers the issue quotes for them.
 
 Writes benchmarks/results/detection.json, detection.md and detection_<protocol>.png.
@@ -33,8 +33,8 @@ import numpy as np
 import yaml
 from sklearn.metrics import roc_curve
 
-from eco_guard.classifier.encoder import Encoder, resolve_encoder_path
-from eco_guard.evaluation.baselines import (
+from eco_guard.classifier.features.encoder import Encoder, resolve_encoder_path
+from baselines import (  # benchmarks/baselines.py, next to this script
     BaselineTarget,
     EmbeddingLogisticBaseline,
     KeywordBaseline,

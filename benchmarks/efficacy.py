@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detection import _json_rows, _mmlu_splits, _shuffled  # noqa: E402  (sibling benchmark's D2 split)
 
 from eco_guard.evaluation.evaluate import QARow, evaluate_mc, evaluate_qa  # noqa: E402
-from eco_guard.evaluation.metrics import MCItem  # noqa: E402
+from eco_guard.answer_metrics import MCItem  # noqa: E402
 from eco_guard.evaluation.report import mc_table, plot_recall, qa_table  # noqa: E402
 from eco_guard.fitting import fit_guard  # noqa: E402
 from eco_guard.guard import Guard  # noqa: E402

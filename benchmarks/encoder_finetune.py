@@ -62,7 +62,7 @@ from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer
 
 from eco_guard.classifier.calibration import conformal_threshold
-from eco_guard.classifier.encoder import resolve_encoder_path
+from eco_guard.classifier.features.encoder import resolve_encoder_path
 from eco_guard.classifier.heads import HEAD_C
 
 TARGETS = ("bio", "cyber")

@@ -44,7 +44,7 @@ PROMPTS = [
 ]
 
 SIX_SENTENCES = [" ".join((PROMPTS + PROMPTS)[i : i + 6]) for i in range(len(PROMPTS))]
-"""Multi-sentence prompts: each is scored by its pieces (itself, 6 sentences, 3 windows), see ``chunking.text_pieces``."""
+"""Multi-sentence prompts: each is scored by its pieces (itself, 6 sentences, 3 windows), see ``eco_guard.classifier.pieces.text_pieces``."""
 
 
 FIRST = ["Aldo", "Brena", "Corin", "Dalia", "Emeric", "Faye", "Gideon", "Hale", "Ilse", "Joram"]

@@ -2,25 +2,31 @@
 
 Layout (DESIGN section 5)::
 
-    guard.yaml              resolved policy + fitted parameters, data hashes, versions
+    guard.yaml              resolved policy + fitted corruptions, data hashes, versions
     classifier.safetensors  head weights, biases and thresholds
     classifier.json         target ids, encoder, dims
     report.json/.md, *.png  the fit report (written by eco_guard.report)
 
-``guard.yaml`` is the human-readable record; the thresholds in it are a copy of those in
-``classifier.safetensors`` and are checked against them on load, so a hand-edited file
-cannot silently disagree with what the guard does.
+``guard.yaml`` is the human-readable record of everything but the classifier. Each
+threshold is stored once, in ``classifier.safetensors`` next to the head it was calibrated
+for (the fit report shows it); a copy in ``guard.yaml`` could only disagree with it.
+Older ``guard.yaml`` files that still carry a ``threshold`` entry load as before; the
+entry is ignored.
+
+This module reads the directory into the parts of a guard (:class:`GuardParts`); it
+does not build the :class:`~eco_guard.guard.Guard` itself, so that the guard can offer
+``Guard.load`` without the two modules importing each other.
 """
 
 from __future__ import annotations
 
-import math
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -28,8 +34,8 @@ from .audit import AuditSink, JsonlAudit, NullAudit
 from .classifier import Classifier, Encoder, resolve_encoder_path
 from .corruption import Corruption
 from .errors import GuardLoadError, PolicyError
-from .guard import Guard, TargetRule
 from .policy import LoadedPolicy, parse_policy
+from .routing import TargetRule
 from .runner.base import MaskSpec, Runner
 
 FORMAT = 1
@@ -81,13 +87,12 @@ def write_guard(
             "targets": [
                 {
                     "id": f.id,
-                    "threshold": float(t),
                     "corruption": f.corruption.to_dict(),
                     "scope": f.mask.scope,
                     "terms": list(f.mask.terms),
                     "strength_source": f.strength_source,
                 }
-                for f, t in zip(fitted, classifier.thresholds)
+                for f in fitted
             ]
         },
         "data": data,
@@ -117,14 +122,27 @@ def read_guard_yaml(directory: Path) -> dict[str, Any]:
     return doc
 
 
-def load_guard(
+@dataclass(frozen=True)
+class GuardParts:
+    """Everything a :class:`~eco_guard.guard.Guard` is built from, as its keyword arguments."""
+
+    classifier: Classifier
+    rules: list[TargetRule]
+    runner: Runner | Callable[[], Runner]
+    audit: AuditSink
+    on_error: Literal["fail_closed", "fail_open"]
+    seed: int
+    name: str
+
+
+def read_guard(
     directory: Path,
     *,
     runner: Runner | None = None,
     audit: bool | AuditSink = True,
     progress: bool = False,
-) -> Guard:
-    """Restore the guard in ``directory``; the runner loads lazily on first generation."""
+) -> GuardParts:
+    """The parts of the guard in ``directory``; the runner is a factory, loaded on first generation."""
     doc = read_guard_yaml(directory)
     try:
         loaded = parse_policy(doc["policy"], source=str(directory / GUARD_FILE), base_dir=directory)
@@ -143,12 +161,6 @@ def load_guard(
     classifier = Classifier.load(directory, encoder)
     if list(classifier.target_ids) != [t["id"] for t in fitted]:
         raise GuardLoadError(f"{directory}: classifier targets {classifier.target_ids} do not match guard.yaml")
-    for entry, threshold in zip(fitted, classifier.thresholds):
-        if not math.isclose(float(entry["threshold"]), float(threshold), rel_tol=1e-6, abs_tol=1e-9):
-            raise GuardLoadError(
-                f"{directory / GUARD_FILE}: threshold of target {entry['id']!r} disagrees with classifier.safetensors; "
-                "re-run `eco-guard fit` instead of editing thresholds by hand"
-            )
     rules = []
     for entry, spec in zip(fitted, policy.targets):
         rules.append(
@@ -177,7 +189,7 @@ def load_guard(
             progress=progress,
         )
 
-    return Guard(
+    return GuardParts(
         classifier=classifier,
         rules=rules,
         runner=runner if runner is not None else make_runner,

@@ -15,6 +15,7 @@ new entry is written, removes the siblings whose source is gone or has changed s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -63,3 +64,31 @@ def prune_superseded(entry: Path, source: Path, identity: str) -> list[Path]:
             shutil.rmtree(sibling, ignore_errors=True)
             removed.append(sibling)
     return removed
+
+
+def model_files_identity(model_dir: Path) -> list[str]:
+    """The model directory's path and every file's name, size and mtime.
+
+    Hashing the weights on every start would cost more than the load; a reinstalled
+    package changes sizes or mtimes, which invalidates anything keyed on this.
+    """
+    parts = [str(model_dir.resolve())]
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file():
+            st = path.stat()
+            parts.append(f"{path.relative_to(model_dir)}|{st.st_size}|{st.st_mtime_ns}")
+    return parts
+
+
+def model_files_key(model_dir: Path) -> str:
+    """:func:`model_files_identity` as one short hash: what cache entries record as their source's identity."""
+    return digest(model_files_identity(model_dir))[:16]
+
+
+def digest(parts: list[str]) -> str:
+    """SHA-256 of ``parts``, each ended by a NUL so that ``["ab", "c"]`` and ``["a", "bc"]`` differ."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EcoGuardError, InputError
+from .jsonl_inputs import read_jsonl_inputs
 
 DEFAULT_MAX_NEW_TOKENS = 128
 
@@ -44,52 +45,6 @@ def _emit(obj: Any) -> None:
 
 
 # --------------------------------------------------------------------------- input files
-
-
-def read_jsonl_inputs(path: Path, field: str) -> list[tuple[Any, str]]:
-    """Read ``(id, text)`` pairs from a JSONL file, validating every line first.
-
-    The whole file is checked before any work starts, so a bad line 9,000 never costs an
-    hour of generation, and nothing is written for a file that is not usable.
-    """
-    if not path.is_file():
-        raise InputError(f"{path}: input file not found")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path}, line {line}: not valid UTF-8 (byte offset {exc.start}); re-encode the file as UTF-8") from exc
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the newline that ends the last line
-    if not lines:
-        raise InputError(f"{path}: the input file is empty")
-    rows: list[tuple[Any, str]] = []
-    for n, line in enumerate(lines, start=1):
-        where = f"{path}, line {n}"
-        if not line.strip():
-            raise InputError(f"{where}: empty line; every line must be a JSON object with a {field!r} field")
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
-        if isinstance(obj, str):
-            value: Any = obj
-            row_id: Any = n
-        elif isinstance(obj, dict):
-            if field not in obj:
-                raise InputError(f"{where}: missing field {field!r} (use --field to name another)")
-            value = obj[field]
-            row_id = obj.get("id", n)
-        else:
-            raise InputError(f"{where}: expected a JSON object or string, got {type(obj).__name__}")
-        if not isinstance(value, str):
-            raise InputError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
-        if not value.strip():
-            raise InputError(f"{where}: field {field!r} is empty")
-        rows.append((row_id, value))
-    return rows
 
 
 def _write_jsonl_atomic(path: Path, records: Iterator[dict[str, Any]]) -> int:
@@ -159,7 +114,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         with _progress(len(rows), "check") as bar:
             for chunk in _chunks(rows, 256):
                 for (row_id, _), d in zip(chunk, guard.check_batch([t for _, t in chunk])):
-                    yield _decision_row(row_id, d)
+                    yield {"id": row_id, **d.to_dict()}  # the fields `check TEXT` prints, and the row's id
                 bar.update(len(chunk))
 
     n = _write_jsonl_atomic(Path(args.output), records())
@@ -188,7 +143,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             # The bare model; decisions are still computed so comparisons can see what
             # the guard would have done, but they do not change the answers.
             decisions = guard.check_batch(prompts, audit=False)
-            texts = guard.runner.generate(prompts, None, options=options)
+            texts = guard.answer_unguarded(prompts, options)
         else:
             results = guard.batch(prompts, options)
             decisions = [r.decision for r in results]

@@ -7,8 +7,11 @@ threshold or answering an auditor.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .corruption import Corruption
 
 Action = Literal["pass", "corrupt", "refuse", "flag"]
 
@@ -25,11 +28,28 @@ class Decision:
     threshold: float
     latency_ms: float
     scores: dict[str, float] = field(default_factory=dict)
-    corruption: dict[str, Any] | None = None
+    corruption: Corruption | None = None
+    """The request's own (seeded) corruption when the action is ``corrupt``: what the
+    runner applies, kept typed so that answering needs no parsing."""
+    scope: str | None = None
+    """Which prompt tokens ``corruption`` touches (the target's mask scope)."""
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready form (audit lines, CLI output, server responses); the corruption
+        record carries its scope: ``{"method", "dims", "strength", "seed", "scope"}``."""
+        return {
+            "request_id": self.request_id,
+            "flagged": self.flagged,
+            "action": self.action,
+            "target": self.target,
+            "score": self.score,
+            "threshold": self.threshold,
+            "latency_ms": self.latency_ms,
+            "scores": dict(self.scores),
+            "corruption": None if self.corruption is None else {**self.corruption.to_dict(), "scope": self.scope},
+            "error": self.error,
+        }
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from .artifact import FittedTarget, write_guard
 from .classifier import Classifier, Encoder, TargetData, resolve_encoder_path
-from .classifier.swaps import MIN_NEAR_RETAIN, NEAR_QUANTILE
-from .classifier.training import NO_NEAR_NEGATIVES, lacks_near_negatives
+from .classifier.negatives.swaps import MIN_NEAR_RETAIN, NEAR_QUANTILE
+from .classifier.fit import NO_NEAR_NEGATIVES, lacks_near_negatives
 from .corruption import Corruption
 from .entities import extract_terms
 from .examples import Example, load_examples
@@ -87,7 +87,7 @@ def _resolved_policy(loaded: LoadedPolicy) -> dict[str, Any]:
         doc["model"]["path"] = str(loaded.resolve(doc["model"]["path"]))
     if doc["classifier"]["encoder"] != "default":
         doc["classifier"]["encoder"] = str(loaded.resolve(doc["classifier"]["encoder"]))
-    calibration = doc["classifier"].get("calibration")  # issue 3: calibration negatives may be a file
+    calibration = doc["classifier"].get("calibration")  # calibration negatives may be a file
     if calibration and calibration.get("file"):
         calibration["file"] = str(loaded.resolve(calibration["file"]))
     if doc["audit"].get("path"):
@@ -229,16 +229,15 @@ def fit_guard(
     ]
     for line in retain_also_forget(data):
         say(f"warning: {line}")
-    # --- issue 3 (detection): optional held-out calibration negatives from the policy.
+    # optional held-out calibration negatives from the policy
     calibration = (
         [e.text for e in load_examples(policy.classifier.calibration, loaded=loaded, key="classifier.calibration")]
         if policy.classifier.calibration
         else None
     )
     classifier, fits = Classifier.fit(
-        encoder, data, target_fpr=policy.classifier.target_fpr, seed=seed, calibration=calibration, progress=progress
+        encoder, data, target_fpr=policy.classifier.target_fpr, seed=seed, calibration_set=calibration, progress=progress
     )
-    # --- end issue 3
     if fits:
         say(f"classifier: {fits[0].view_note}")
     for fit in fits:

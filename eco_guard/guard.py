@@ -13,32 +13,19 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
+from .artifact import read_guard
 from .audit import AuditSink, NullAudit, prompt_hash
 from .classifier import Classifier
-from .classifier.chunking import text_pieces
-from .corruption import Corruption
+from .classifier.pieces import max_over_pieces, text_pieces
 from .decision import Decision, GuardedResult
 from .errors import EcoGuardError, InputError, UserError
-from .runner.base import GenerationOptions, MaskSpec, Messages, Runner, normalize_messages
+from .routing import PLAIN, Route, TargetRule
+from .runner.base import GenerationOptions, Messages, Runner, normalize_messages
 
 Prompt = str | Messages
-
-
-@dataclass(frozen=True)
-class TargetRule:
-    """What to do when a target is flagged, with its fitted corruption."""
-
-    id: str
-    action: Literal["corrupt", "refuse", "flag"]
-    corruption: Corruption
-    mask: MaskSpec
-    refusal: str
 
 
 def _user_turns(messages: Sequence[dict[str, str]]) -> list[str]:
@@ -59,7 +46,7 @@ def classification_texts(messages: Sequence[dict[str, str]]) -> list[str]:
     """The texts whose scores decide a conversation.
 
     The last user turn is scored by its pieces (itself, its sentences and windows, see
-    :func:`eco_guard.classifier.chunking.text_pieces`), so a forget question padded with
+    :func:`eco_guard.classifier.pieces.text_pieces`), so a forget question padded with
     other text is still seen. It alone misses follow-ups that only make sense through an
     earlier turn ("And where was she born?"), so the last four user turns joined together
     are scored too; a request is judged by the highest score of any of these.
@@ -156,9 +143,8 @@ class Guard:
         progress: bool = False,
     ) -> "Guard":
         """Restore a fitted guard written by ``eco-guard fit`` (see :mod:`eco_guard.artifact`)."""
-        from .artifact import load_guard
-
-        return load_guard(Path(directory), runner=runner, audit=audit, progress=progress)
+        parts = read_guard(Path(directory), runner=runner, audit=audit, progress=progress)
+        return cls(**vars(parts))
 
     @property
     def runner(self) -> Runner:
@@ -213,14 +199,10 @@ class Guard:
             error = f"classifier failed: {type(exc).__name__}: {exc}"
             all_scores = None
         per_row_ms = (time.perf_counter() - start) * 1000.0 / max(len(chats), 1)
+        if all_scores is None:
+            return [self._error_decision(chat, error or "classifier failed", per_row_ms) for chat in chats]
         decisions: list[Decision] = []
-        offset = 0
-        for chat, group in zip(chats, groups):
-            if all_scores is None:
-                decisions.append(self._error_decision(chat, error or "classifier failed", per_row_ms))
-                continue
-            row = np.max(all_scores[offset : offset + len(group)], axis=0)
-            offset += len(group)
+        for chat, row in zip(chats, max_over_pieces(all_scores, [len(g) for g in groups])):
             verdict = self.classifier.decide(row[None, :])[0]
             scores = {t: round(float(s), 6) for t, s in zip(self.classifier.target_ids, row)}
             decisions.append(self._make_decision(chat, verdict.target_id, verdict.score, verdict.threshold, scores, per_row_ms))
@@ -237,9 +219,7 @@ class Guard:
         error: str | None = None,
     ) -> Decision:
         rule = self._rules_by_id[target] if target is not None else None
-        corruption = None
-        if rule is not None and rule.action == "corrupt":
-            corruption = {**rule.corruption.with_seed(self._request_seed(chat)).to_dict(), "scope": rule.mask.scope}
+        corrupts = rule is not None and rule.action == "corrupt"
         return Decision(
             request_id=uuid.uuid4().hex,
             flagged=rule is not None,
@@ -249,7 +229,8 @@ class Guard:
             threshold=float(threshold),
             latency_ms=round(latency_ms, 3),
             scores=scores,
-            corruption=corruption,
+            corruption=rule.corruption.with_seed(self._request_seed(chat)) if corrupts else None,
+            scope=rule.mask.scope if corrupts else None,
             error=error,
         )
 
@@ -291,7 +272,7 @@ class Guard:
         """Score retrieved passages so that RAG context about a forget target can be dropped.
 
         A passage is judged by its highest-scoring piece, as a prompt is (itself, each
-        sentence and each window of three, see :func:`eco_guard.classifier.chunking.text_pieces`):
+        sentence and each window of three, see :func:`eco_guard.classifier.pieces.text_pieces`):
         one sentence about a forget target inside a long, otherwise harmless passage is
         enough to flag it.
         Every passage gets a decision (blank ones pass) and an audit record of kind
@@ -317,15 +298,15 @@ class Guard:
 
     # ------------------------------------------------------------------ answering
 
-    def route(self, decision: Decision) -> tuple[Corruption | None, MaskSpec, str | None]:
-        """(corruption, mask, refusal text) for a decision; a refusal text means: don't generate."""
+    def route(self, decision: Decision) -> Route:
+        """How a decided request is answered: plainly, corrupted as the decision records,
+        or refused (then nothing is generated)."""
         if decision.target is None or decision.action in ("pass", "flag"):
-            return None, MaskSpec(), None
+            return PLAIN
         rule = self._rules_by_id[decision.target]
         if decision.action == "refuse":
-            return None, MaskSpec(), rule.refusal
-        assert decision.corruption is not None
-        return rule.corruption.with_seed(int(decision.corruption["seed"])), rule.mask, None
+            return Route(refusal=rule.refusal)
+        return Route(corruption=decision.corruption, mask=rule.mask)
 
     def invoke(self, prompt: Prompt, options: GenerationOptions = GenerationOptions()) -> GuardedResult:
         """Answer one prompt through the guard."""
@@ -338,18 +319,8 @@ class Guard:
         if not chats:
             return []
         decisions = self.decide_batch(chats)
-        routes = [self.route(d) for d in decisions]
-        todo = [i for i, r in enumerate(routes) if r[2] is None]
-        texts: dict[int, str] = {i: r[2] for i, r in enumerate(routes) if r[2] is not None}
-        if todo:
-            answers = self.runner.generate(
-                [chats[i] for i in todo],
-                [routes[i][0] for i in todo],
-                [routes[i][1] for i in todo],
-                options,
-            )
-            texts.update(zip(todo, answers))
-        results = [GuardedResult(texts[i], d) for i, d in enumerate(decisions)]
+        texts = self._answer_routed(chats, [self.route(d) for d in decisions], options)
+        results = [GuardedResult(t, d) for t, d in zip(texts, decisions)]
         for r, c in zip(results, chats):
             self.audit.record(r.decision, c, kind="generate")
         return results
@@ -364,34 +335,63 @@ class Guard:
         """Async twin of :meth:`batch`."""
         return await asyncio.to_thread(self.batch, prompts, options)
 
+    def _answer_routed(self, chats: Sequence[Messages], routes: Sequence[Route], options: GenerationOptions) -> list[str]:
+        """Each chat's answer by its route: refusals as they are, the rest in one batched
+        generate in which each row carries its own corruption (or none)."""
+        texts: dict[int, str] = {i: r.refusal for i, r in enumerate(routes) if r.refusal is not None}
+        todo = [i for i, r in enumerate(routes) if r.generates]
+        if todo:
+            answers = self.runner.generate(
+                [chats[i] for i in todo], [routes[i].corruption for i in todo], [routes[i].mask for i in todo], options
+            )
+            texts.update(zip(todo, answers))
+        return [texts[i] for i in range(len(chats))]
+
+    def answer_unguarded(self, prompts: Sequence[Prompt], options: GenerationOptions = GenerationOptions()) -> list[str]:
+        """The local model's own answers, nothing classified, corrupted or audited: the
+        reference a guarded answer is compared with (``eval``, the demo, ``--no-guard``)."""
+        chats = [normalize_messages(p, where=f"prompts[{i}]") for i, p in enumerate(prompts)]
+        return self._answer_routed(chats, [PLAIN] * len(chats), options) if chats else []
+
     def answer_decided(self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()) -> str:
         """Answer a request that is already decided (and audited by the caller): the
         refusal text, or the local model's answer with the decision's corruption (none
         for a pass). For callers that classify separately, like the LangChain router."""
-        corruption, mask, refusal = self.route(decision)
-        if refusal is not None:
-            return refusal
-        return self.runner.generate([chat], [corruption], [mask], options)[0]
+        return self._answer_routed([chat], [self.route(decision)], options)[0]
+
+    def choice_scores(
+        self, prompt: Prompt, choices: Sequence[str], decision: Decision | None = None, *, reduction: Literal["sum", "mean"] = "sum"
+    ) -> list[float] | None:
+        """Log-likelihood of each candidate answer to ``prompt``, the prompt routed as
+        ``decision`` says (corrupted for ``corrupt``; no decision: the bare model).
+
+        ``None`` when the decision refuses: the guard would give no answer to choose.
+        Multiple-choice evaluation measures the guard's effect with it.
+        """
+        route = PLAIN if decision is None else self.route(decision)
+        if not route.generates:
+            return None
+        return self.runner.score_choices(normalize_messages(prompt), list(choices), route.corruption, route.mask, reduction=reduction)
 
     def stream_decided(
         self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()
     ) -> Iterator[str]:
         """Streaming twin of :meth:`answer_decided`."""
-        corruption, mask, refusal = self.route(decision)
-        if refusal is not None:
-            return iter([refusal])
-        return iter(self.runner.stream(chat, corruption, mask, options))
+        route = self.route(decision)
+        if route.refusal is not None:
+            return iter([route.refusal])
+        return iter(self.runner.stream(chat, route.corruption, route.mask, options))
 
     async def astream_decided(
         self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()
     ) -> AsyncIterator[str]:
         """Async twin of :meth:`stream_decided`; loading the model (first use) happens off the loop."""
-        corruption, mask, refusal = self.route(decision)
-        if refusal is not None:
-            yield refusal
+        route = self.route(decision)
+        if route.refusal is not None:
+            yield route.refusal
             return
         runner = await asyncio.to_thread(lambda: self.runner)
-        async for piece in runner.astream(chat, corruption, mask, options):
+        async for piece in runner.astream(chat, route.corruption, route.mask, options):
             yield piece
 
     def stream(self, prompt: Prompt, options: GenerationOptions = GenerationOptions()) -> GuardedStream:

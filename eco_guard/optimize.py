@@ -16,7 +16,7 @@ The loss of a strength is the sum of hinge penalties, each 0 when its goal is me
 
 * the objective: ``answer_recall`` above its target, or ``|mc_accuracy - target|``;
 * fluency: mean token log-prob of the corrupted answers under the *clean* model
-  (scored in a neutral context, :data:`~eco_guard.evaluation.metrics.FLUENCY_CONTEXT`)
+  (scored in a neutral context, :data:`~eco_guard.answer_metrics.FLUENCY_CONTEXT`)
   more than :data:`FLUENCY_TOLERANCE` (25%) worse than the clean answers' own, relative;
 * loops: the fraction of corrupted answers whose distinct-token ratio is below
   :data:`MIN_DISTINCT`. Per answer, not on average: a mean hides a third of the
@@ -59,7 +59,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 from .corruption import Corruption
-from .evaluation.metrics import (
+from .answer_metrics import (
     MIN_DISTINCT,
     MCItem,
     answer_distinct_ratio,

@@ -27,8 +27,7 @@ def build_chain(guard: Any, max_new_tokens: int) -> Any:
     from langchain_core.vectorstores import InMemoryVectorStore
 
     from eco_guard.runner.base import GenerationOptions
-    from langchain_eco_guard import EcoGuardChatModel, EcoGuardEmbeddings, EcoGuardRouter
-    from langchain_eco_guard._convert import to_chat
+    from langchain_eco_guard import EcoGuardChatModel, EcoGuardEmbeddings, EcoGuardRouter, to_chat
 
     store = InMemoryVectorStore.from_texts(DOCUMENTS, EcoGuardEmbeddings(guard.classifier.encoder))
     retriever = store.as_retriever(search_kwargs={"k": 2})
@@ -39,7 +38,7 @@ def build_chain(guard: Any, max_new_tokens: int) -> Any:
 
     def local_model(prompt_value: Any) -> AIMessage:
         """The chain's own model: the bare bundled SmolLM2, no guard, no corruption."""
-        return AIMessage(content=guard.runner.generate([to_chat(prompt_value.to_messages())], None, options=options)[0])
+        return AIMessage(content=guard.answer_unguarded([to_chat(prompt_value.to_messages())], options)[0])
 
     rag = (
         {"context": retriever | (lambda docs: "\n".join(d.page_content for d in docs)), "question": RunnablePassthrough()}

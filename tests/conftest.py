@@ -69,3 +69,28 @@ def benchmark_module(name: str) -> ModuleType:
         return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+FITTING_FIXTURES = frozenset({"fitted", "demo_guard_dir", "example_guard_dir", "guard"})
+"""Fixtures that fit a classifier (``guard`` in test_detection and the integration tests
+fits one too); a test that uses any of them, however indirectly, is marked ``fits``."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if FITTING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.fits)
+
+
+@pytest.fixture(autouse=True)
+def _fits_marker_is_honest(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not marked ``fits`` that fits a classifier fails, naming the marker, so
+    ``make test-fast`` (which deselects ``fits``) stays free of fits as tests are added."""
+    if request.node.get_closest_marker("fits") is not None:
+        return
+    from eco_guard.classifier import Classifier
+
+    def refuse(cls: type, *args: object, **kwargs: object) -> None:
+        pytest.fail(f"{request.node.nodeid} fits a classifier: mark it @pytest.mark.fits", pytrace=False)
+
+    monkeypatch.setattr(Classifier, "fit", classmethod(refuse))

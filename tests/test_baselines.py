@@ -8,16 +8,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eco_guard.classifier.encoder import Encoder, resolve_encoder_path
-from eco_guard.evaluation.baselines import (
-    BaselineTarget,
-    EmbeddingLogisticBaseline,
-    KeywordBaseline,
-    TfidfLogisticBaseline,
-    run_baseline,
-)
+from eco_guard.classifier.features.encoder import Encoder, resolve_encoder_path
 
 from .conftest import benchmark_module, shared_data
+
+_baselines = benchmark_module("baselines")
+BaselineTarget = _baselines.BaselineTarget
+EmbeddingLogisticBaseline = _baselines.EmbeddingLogisticBaseline
+KeywordBaseline = _baselines.KeywordBaseline
+TfidfLogisticBaseline = _baselines.TfidfLogisticBaseline
+run_baseline = _baselines.run_baseline
 
 PERSON = BaselineTarget(
     "veldkamp",

@@ -11,7 +11,7 @@ import pytest
 
 from eco_guard.cli import run
 
-from .conftest import shared_data
+from .conftest import benchmark_module, shared_data
 
 GOOD_POLICY = """\
 version: 1
@@ -104,6 +104,7 @@ def test_check_one_text(demo_guard_dir: Path, capsys) -> None:
     assert d["flagged"] is True and d["target"] == "france" and d["score"] > d["threshold"]
 
 
+@pytest.mark.fits
 def test_fit_warns_when_only_the_builtin_background_can_calibrate(tmp_path: Path, capsys) -> None:
     """Without retain examples or a calibration set, the certified rate only covers generic prompts: say so."""
     with_retain = _policy_dir(tmp_path, GOOD_POLICY + "    corruption: {strength: 1.0}\n")
@@ -135,6 +136,7 @@ def test_fit_warns_when_only_the_builtin_background_can_calibrate(tmp_path: Path
     assert "| france | corrupt | 2 | 103 (100 name-swapped; the policy's not near) |" in (tmp_path / "g3" / "report.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.fits
 def test_fit_of_many_targets_chooses_features_on_a_sample_and_pools_the_histogram(tmp_path: Path, capsys) -> None:
     """Past 20 targets the feature choice looks at 20 of them, and the report plot stays one panel."""
     from PIL import Image
@@ -160,6 +162,7 @@ def test_fit_of_many_targets_chooses_features_on_a_sample_and_pools_the_histogra
     assert code == 0 and json.loads(out)["target"] == "t10"
 
 
+@pytest.mark.fits
 def test_fit_warns_about_retain_examples_that_are_also_forget_examples(tmp_path: Path, capsys) -> None:
     policy = _policy_dir(tmp_path, GOOD_POLICY + "    corruption: {strength: 1.0}\n")
     (tmp_path / "retain.txt").write_text("What is the capital of Spain?\nWho was Napoleon?\nWho was Caesar?\n", encoding="utf-8")
@@ -184,7 +187,13 @@ def test_check_batch_one_line_per_input(demo_guard_dir: Path, tmp_path: Path, ca
     rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["a", 2, 3]
     assert [r["flagged"] for r in rows] == [True, False, True]
-    assert set(rows[0]) == {"id", "flagged", "target", "score", "threshold"}
+    # One output shape: each line holds every field `check TEXT` prints, plus the id.
+    code, out, _ = _run(capsys, "check", "--guard", str(demo_guard_dir), "What is the capital of France?")
+    one = json.loads(out)
+    assert code == 0 and set(rows[0]) == {"id", *one}
+    varying = {"request_id", "latency_ms"}
+    for key in one.keys() - varying:  # scores of a batch and of one text differ by float rounding only
+        assert rows[0][key] == (pytest.approx(one[key], abs=1e-6) if key in ("score", "scores") else one[key]), key
 
 
 @pytest.mark.slow
@@ -249,42 +258,28 @@ def test_console_script_chat_over_a_pipe(demo_guard_dir: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.fits
 def test_fit_and_check_protocol_d1(tmp_path: Path, capsys) -> None:
-    """Done-when: a policy built from D1's train rows fits, and `check --input/--output`
-    scores D1's test rows, one output line per input line."""
-    tofu = shared_data("tofu")
-    forget = json.loads((tofu / "forget10_perturbed.json").read_text())
-    retain: list[dict] = []
-    for line in (tofu / "retain90.json").read_text().splitlines():
-        if line.strip():
-            part = json.loads(line)
-            retain.extend(part if isinstance(part, list) else [part])
-    train_pos = [r for i, r in enumerate(forget) if i % 20 < 10]
-    test_pos = [r for i, r in enumerate(forget) if i % 20 >= 10]
-    with (tmp_path / "forget.jsonl").open("w") as fh:
-        for r in train_pos:
-            fh.write(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n")
-    with (tmp_path / "retain.jsonl").open("w") as fh:
-        for r in retain[:1800]:
-            fh.write(json.dumps({"question": r["question"]}) + "\n")
-    (tmp_path / "d1.yaml").write_text(
-        "version: 1\ntargets:\n  - id: tofu-forget10\n"
-        "    forget: {file: forget.jsonl, field: question, answer_field: answer}\n"
-        "    retain: {file: retain.jsonl, field: question}\n"
-        "    action: refuse\n"
-    )
-    assert _run(capsys, "fit", str(tmp_path / "d1.yaml"), "--out", str(tmp_path / "guard"))[0] == 0
+    """Done-when: protocol D1 written as a user would (the detection benchmark's policy and
+    rows), fitted by `eco-guard fit` and scored by `check --input/--output`, one output line
+    per input line, meets the protocol's own goals on its test questions and its retain test
+    rows: TPR >= 0.99 and FPR <= 0.01 at the calibrated threshold."""
+    shared_data("tofu")
+    detection = benchmark_module("detection")
+    protocol = detection.protocol_d1()
+    policy = detection.write_policy(protocol, tmp_path)
+    assert _run(capsys, "fit", str(policy), "--out", str(tmp_path / "guard"))[0] == 0
+    sets = {"test questions": protocol.positives["test questions"], "retain test": protocol.negatives["retain test"]}
     with (tmp_path / "test.jsonl").open("w") as fh:
-        for i, r in enumerate(test_pos):
-            fh.write(json.dumps({"id": f"pos-{i}", "text": r["question"]}) + "\n")
-        for i, r in enumerate(retain[2700:3600]):
-            fh.write(json.dumps({"id": f"neg-{i}", "text": r["question"]}) + "\n")
+        for name, texts in sets.items():
+            for i, text in enumerate(texts):
+                fh.write(json.dumps({"id": f"{name}/{i}", "text": text}) + "\n")
     code, _, _ = _run(capsys, "check", "--guard", str(tmp_path / "guard"), "--input", str(tmp_path / "test.jsonl"), "--output", str(tmp_path / "out.jsonl"))
     assert code == 0
     rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert len(rows) == len(test_pos) + 900
-    tpr = sum(r["flagged"] for r in rows if r["id"].startswith("pos")) / len(test_pos)
-    fpr = sum(r["flagged"] for r in rows if r["id"].startswith("neg")) / 900
-    print(f"D1 v1 classifier: TPR {tpr:.3f}  FPR {fpr:.3f}")
-    # Only a sanity bound: the detection benchmark owns the quality targets.
-    assert tpr > 0.2
+    assert [r["id"] for r in rows] == [f"{name}/{i}" for name, texts in sets.items() for i in range(len(texts))]
+    for name, (kind, bound) in protocol.goals.items():
+        if name not in sets:
+            continue
+        rate = sum(r["flagged"] for r in rows if r["id"].startswith(f"{name}/")) / len(sets[name])
+        assert (rate >= bound) if kind == "tpr>=" else (rate <= bound), f"D1 {name}: rate {rate:.4f}, goal {kind} {bound}"

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from eco_guard.classifier.chunking import MAX_WINDOW_WORDS, sentence_windows, sentences, text_pieces
-from eco_guard.classifier.training import calibration_pieces, piece_max_scores
+from eco_guard.classifier.pieces import MAX_WINDOW_WORDS, sentence_windows, sentences, text_pieces
+from eco_guard.classifier.fit import held_out_max_scores, held_out_pieces
 from eco_guard.errors import InputError
 from eco_guard.fitting import fit_guard
 from eco_guard.guard import Guard, classification_texts
@@ -144,14 +144,14 @@ def test_text_pieces_are_the_text_its_sentences_and_windows() -> None:
 
 def test_held_out_negatives_calibrate_by_their_highest_scoring_piece() -> None:
     one, two = "Is this one question only?", "Here is the first sentence. And here is the second one."
-    pieces = calibration_pieces([one, two])
+    pieces = held_out_pieces([one, two])
     assert pieces == {two: text_pieces(two)}  # one-sentence texts are their own piece
     row_of = {text: i for i, text in enumerate([one, two, *pieces[two][1:]])}
     scores = np.zeros((len(row_of), 2))
     scores[row_of[one], 1] = 0.3
     scores[row_of[two], 0] = 0.1
     scores[row_of["And here is the second one."], 1] = 0.9  # a piece outscores its whole text
-    assert piece_max_scores(scores, row_of, [one, two], pieces).tolist() == [0.3, 0.9]
+    assert held_out_max_scores(scores, row_of, [one, two], pieces).tolist() == [0.3, 0.9]
 
 
 def test_classification_texts_keep_last_turn_and_recent_context() -> None:
@@ -211,6 +211,7 @@ def test_fit_report_states_calibration_sources(guard: Guard, tmp_path: Path) -> 
     assert report["targets"][0]["calibration_achievable"]
 
 
+@pytest.mark.fits
 @pytest.mark.slow
 def test_d1_detection_fast_check() -> None:
     """A reduced D1 (fewer negatives) through the benchmark's own code path."""

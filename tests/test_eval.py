@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from eco_guard.cli import run
-from eco_guard.evaluation.metrics import MCItem, contains_answer, distinct_ratio, normalize_answer, recall
+from eco_guard.answer_metrics import MCItem, contains_answer, distinct_ratio, normalize_answer, recall
 
 
 def test_recall_is_normalised_containment() -> None:

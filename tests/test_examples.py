@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,24 @@ def test_llamaindex_query(example_guard_dir: Path, capsys: pytest.CaptureFixture
     assert responses["direct"].additional_kwargs["eco_guard"]["action"] == "corrupt"
 
 
+@pytest.mark.fits
 def test_example_fits_its_own_guard(tmp_path: Path) -> None:
-    """Without --guard an example fits forget_france.yaml itself (fast: fixed strength)."""
+    """Without --guard an example fits forget_france.yaml itself (fast: fixed strength):
+    the guard it gets is that policy's (its target, its fixed strength, its audit log
+    next to the policy copy), it flags the policy's question and passes another, and a
+    second run reuses it instead of fitting again."""
+    from eco_guard import Guard
+
     out = guard_dir(None, tmp_path)
-    assert (out / "guard.yaml").is_file() and (tmp_path / "forget_france.yaml").is_file()
+    guard = Guard.load(out)  # no runner is loaded: checking needs only the classifier
+    try:
+        assert guard.target_ids == ["france"]
+        assert guard.rule("france").action == "corrupt" and guard.rule("france").corruption.strength == 0.27
+        assert guard.check(FRANCE).target == "france"
+        assert not guard.check("How do I bake sourdough bread?").flagged
+    finally:
+        guard.close()
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [r["flagged"] for r in audit] == [True, False]
+    fitted_at = (out / "guard.yaml").stat().st_mtime_ns
+    assert guard_dir(None, tmp_path) == out and (out / "guard.yaml").stat().st_mtime_ns == fitted_at

@@ -31,7 +31,7 @@ def test_check_scores_every_request(demo_guard: Guard) -> None:
     # A pass still carries its real score, not a placeholder.
     assert 0.0 < miss.score < miss.threshold
     assert set(miss.scores) == {"france"}
-    assert hit.corruption is not None and hit.corruption["method"] == "rand_noise_first_n"
+    assert hit.corruption is not None and hit.corruption.method == "rand_noise_first_n"
 
 
 def test_unflagged_answer_is_the_bare_models(demo_guard: Guard, runner) -> None:
@@ -170,6 +170,7 @@ def test_load_restores_exactly_and_fit_is_deterministic(demo_guard_dir: Path, de
     assert [r.corruption for r in reloaded.rules] == [r.corruption for r in demo_guard.rules]
 
 
+@pytest.mark.fits
 def test_bfloat16_policy_fits_and_serves_at_its_precision(demo_policy_text: str, tmp_path: Path) -> None:
     """``classifier.precision`` is used for fitting and recorded, so loading serves at the same precision."""
     text = demo_policy_text.replace("  target_fpr: 0.01", "  target_fpr: 0.01\n  precision: bfloat16").replace(

@@ -147,12 +147,22 @@ def test_router_returns_the_downstream_object_and_config(guard: Any) -> None:
         seen["input"], seen["config"] = value, config
         return result
 
-    router = EcoGuardRouter(guard=guard, downstream=RunnableLambda(downstream))
+    router = EcoGuardRouter(guard=guard, downstream=RunnableLambda(downstream), output="message")
     messages = [HumanMessage(content=PASSED)]
     out = router.invoke(messages, {"tags": ["t1"], "metadata": {"k": "v"}, "configurable": {"x": 1}})
     assert out is result and seen["input"] is messages
     assert "t1" in seen["config"]["tags"] and seen["config"]["metadata"]["k"] == "v"
     assert seen["config"]["configurable"]["x"] == 1
+
+
+def test_router_answers_in_the_downstreams_type_or_refuses_to_guess(guard: Any) -> None:
+    """A flagged answer never comes from the downstream, so the router must know the
+    downstream's output type to answer in it: read from its declaration, or given."""
+    assert EcoGuardRouter(guard=guard, downstream=_fake("x") | StrOutputParser()).OutputType is str
+    assert EcoGuardRouter(guard=guard, downstream=_fake("x")).OutputType is _fake("x").OutputType
+    with pytest.raises(ValueError, match="output='text' or output='message'"):
+        EcoGuardRouter(guard=guard, downstream=RunnableLambda(lambda value: "an undeclared str"))
+    assert EcoGuardRouter(guard=guard, downstream=RunnableLambda(lambda value: "text"), output="text").OutputType is str
 
 
 @pytest.mark.slow

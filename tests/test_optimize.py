@@ -64,6 +64,7 @@ def test_search_multiple_choice_uses_other_answers_as_distractors(runner) -> Non
     assert all(0.0 <= p.metric <= 1.0 for p in result.curve)
 
 
+@pytest.mark.fits
 @pytest.mark.slow
 def test_fit_auto_strength_is_optimised_and_reported(tmp_path: Path) -> None:
     from eco_guard.fitting import fit_guard

@@ -147,11 +147,26 @@ def test_stream_matches_generate(runner) -> None:
     assert "".join(pieces) == runner.generate([FRANCE], None, options=OPTS)[0]
 
 
-def test_stream_can_be_abandoned(runner) -> None:
-    it = runner.stream(FRANCE, None, options=GenerationOptions(max_new_tokens=200))
+def test_stream_can_be_abandoned(runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closing a stream stops its worker: the thread is gone once ``close`` returns, and
+    it generated a handful of tokens, not the 200 it was asked for (EOS ignored, so
+    nothing else would have stopped it early)."""
+    generated: list[int] = []
+    real_generate = runner.model.generate
+
+    def counting_generate(*args: object, **kwargs: object) -> torch.Tensor:
+        out = real_generate(*args, **kwargs)
+        generated.append(int(out.shape[-1]))  # new tokens only: the prompt went in as embeddings
+        return out
+
+    monkeypatch.setattr(runner.model, "generate", counting_generate)
+    it = runner.stream(FRANCE, None, options=GenerationOptions(max_new_tokens=200, ignore_eos=True))
     first = next(it)
+    workers = [t for t in threading.enumerate() if t.name == "eco-guard-stream"]
     it.close()
-    assert first
+    assert first and len(workers) == 1
+    assert not workers[0].is_alive()
+    assert len(generated) == 1 and generated[0] < 50, generated
 
 
 async def test_async_twins_under_a_running_loop(runner) -> None:

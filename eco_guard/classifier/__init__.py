@@ -1,8 +1,8 @@
 """Prompt classifier: which prompts touch a forget target, with calibrated false-positive rates."""
 
-from eco_guard.classifier.background import background_prompts
+from eco_guard.classifier.negatives.background import background_prompts
 from eco_guard.classifier.calibration import Calibration, conformal_threshold
-from eco_guard.classifier.encoder import Encoder, resolve_encoder_path
+from eco_guard.classifier.features.encoder import Encoder, resolve_encoder_path
 from eco_guard.classifier.model import Classifier, TargetData, TargetFit, Verdict
 
 __all__ = [

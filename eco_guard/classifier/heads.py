@@ -1,6 +1,6 @@
 """One linear head per target: which rows it trains on, how it is fitted, and how it scores.
 
-Both sides of the product go through here: :mod:`eco_guard.classifier.training` fits and
+Both sides of the product go through here: :mod:`eco_guard.classifier.fit` fits and
 calibrates heads with these functions and :class:`~eco_guard.classifier.model.Classifier`
 scores live prompts with the same ones, so a calibration score and a run-time score of
 one text are computed by the same code (they differ only by the float rounding of a
@@ -19,7 +19,7 @@ from scipy import sparse
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
-from eco_guard.classifier.encoder import Encoder
+from eco_guard.classifier.features.encoder import Encoder
 from eco_guard.errors import UserError
 
 
@@ -33,7 +33,7 @@ for layer-pooled features on validation rows: C=32 and 64 were no better than 16
 
 FeatureView = Literal["sentence", "layers"]
 """What the heads read from :meth:`Encoder.features`: the sentence-embedding block alone, or
-every layer-pooled block. ``fit`` chooses per policy (see :func:`eco_guard.classifier.training.select_features`)."""
+every layer-pooled block. ``fit`` chooses per policy (see :func:`eco_guard.classifier.fit.select_features`)."""
 
 VIEWS: tuple[FeatureView, ...] = get_args(FeatureView)
 

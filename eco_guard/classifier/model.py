@@ -3,12 +3,12 @@ encoder features joined with lexical (TF-IDF) features of the forget vocabulary.
 
 The encoder half recognises topics and rewordings; the lexical half recognises the
 rare words (names, titles, jargon) that make a prompt about *this* target rather than
-about something of the same kind (see :mod:`eco_guard.classifier.lexical`). Heads are
+about something of the same kind (see :mod:`eco_guard.classifier.features.lexical`). Heads are
 linear, so a decision costs one encoder forward, one sparse TF-IDF row and a
 ``[features, n_targets]`` product, and fitting a policy takes seconds. What makes the
 scores usable is the threshold: it is calibrated by split conformal prediction on
 negatives no head saw, so "flag when score > threshold" comes with a stated
-false-positive rate (see :mod:`eco_guard.classifier.calibration` and :func:`eco_guard.classifier.training.fit_heads`).
+false-positive rate (see :mod:`eco_guard.classifier.calibration` and :func:`eco_guard.classifier.fit.fit_heads`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any, Unpack
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from eco_guard.classifier.encoder import Encoder
+from eco_guard.classifier.features.encoder import Encoder
 from eco_guard.classifier.heads import VIEWS, FeatureView, TargetData, head_scores, view_columns, view_width
-from eco_guard.classifier.lexical import Lexicon
-from eco_guard.classifier.training import FitOptions, TargetFit, fit_heads
+from eco_guard.classifier.features.lexical import Lexicon
+from eco_guard.classifier.fit import FitOptions, TargetFit, fit_heads
 from eco_guard.errors import GuardLoadError, InputError, UserError
 
 __all__ = ["Classifier", "FeatureView", "TargetData", "TargetFit", "Verdict"]

@@ -32,7 +32,7 @@ def run_demo(out_dir: Path | None = None, *, max_new_tokens: int = 48) -> int:
     guard = Guard.load(work / "guard", progress=True)
     options = GenerationOptions(max_new_tokens=max_new_tokens)
     guarded = guard.batch(list(QUESTIONS), options)
-    bare = guard.runner.generate(list(QUESTIONS), None, options=options)
+    bare = guard.answer_unguarded(list(QUESTIONS), options)
 
     out = sys.stdout
     out.write("\neco-guard demo: policy 'forget facts about France' (bundled SmolLM2-135M-Instruct)\n")
@@ -44,9 +44,9 @@ def run_demo(out_dir: Path | None = None, *, max_new_tokens: int = 48) -> int:
             f"decision: flagged={d.flagged} action={d.action} target={d.target} "
             f"score={d.score:.3f} threshold={d.threshold:.3f} latency={d.latency_ms:.1f} ms\n"
         )
-        if d.corruption:
+        if d.corruption is not None:
             c = d.corruption
-            out.write(f"corruption: {c['method']} dims={c['dims']} strength={c['strength']:.3g} seed={c['seed']}\n")
+            out.write(f"corruption: {c.method} dims={c.dims} strength={c.strength:.3g} seed={c.seed}\n")
         out.write(f"guarded answer: {r.text}\n")
         out.write(f"bare model:     {b}\n")
         out.write(f"identical to bare model: {r.text == b}\n")

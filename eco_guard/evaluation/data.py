@@ -1,7 +1,7 @@
 """Evaluation inputs: free-form probes and multiple-choice items, read with the shared readers.
 
 Free-form rows go through :func:`eco_guard.examples.read_text_rows` and MC rows through
-:func:`eco_guard.cli.read_jsonl_inputs`, so a bad line fails here exactly as it would in
+:func:`eco_guard.jsonl_inputs.read_jsonl_inputs`, so a bad line fails here exactly as it would in
 ``fit`` or ``generate``: exit 2, naming the file and the line.
 """
 
@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..examples import read_text_rows
+from ..jsonl_inputs import read_jsonl_inputs
 from .evaluate import QARow
-from .metrics import LETTERS, MCItem
+from ..answer_metrics import LETTERS, MCItem
 
 
 def read_qa_rows(path: Path, *, field: str = "question", answer_field: str | None = "answer") -> list[QARow]:
@@ -32,8 +33,6 @@ def read_qa_rows(path: Path, *, field: str = "question", answer_field: str | Non
 
 def read_mc_rows(path: Path, *, field: str = "question") -> list[MCItem]:
     """MC items from JSONL: ``{"question": str, "choices": [str, ...], "answer": int}`` per line."""
-    from ..cli import read_jsonl_inputs  # the CLI imports this package lazily too: no cycle at import time
-
     rows = read_jsonl_inputs(path, field)
     lines = path.read_text(encoding="utf-8").split("\n")
     items: list[MCItem] = []

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..guard import Guard
 from ..runner.base import GenerationOptions
-from .metrics import MIN_DISTINCT, MCItem, answer_distinct_ratio, answer_logprobs, contains_answer, mc_prediction, mean_or_none
+from ..answer_metrics import MIN_DISTINCT, MCItem, answer_distinct_ratio, answer_logprobs, best_choice, contains_answer, mean_or_none
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def evaluate_qa(
         for i in range(0, len(rows), batch_size):
             chunk = rows[i : i + batch_size]
             prompts = [r.question for r in chunk]
-            bare = guard.runner.generate(prompts, None, options=options)
+            bare = guard.answer_unguarded(prompts, options)
             guarded = guard.batch(prompts, options)
             for r, b, g in zip(chunk, bare, guarded):
                 per_row.append(
@@ -124,12 +124,8 @@ def evaluate_mc(guard: Guard, items: Sequence[MCItem], *, name: str = "set") -> 
     rows: list[dict[str, Any]] = []
     with _progress(len(items), f"eval {name} (mc)") as bar:
         for it, d in zip(items, decisions):
-            corruption, mask, refusal = guard.route(d)
-            off = mc_prediction(guard.runner, it)
-            if refusal is not None:
-                on = -1  # refused: no choice made
-            else:
-                on = off if corruption is None else mc_prediction(guard.runner, it, corruption, mask)
+            off = best_choice(guard.choice_scores(it.prompt(), it.letters))
+            on = off if d.action in ("pass", "flag") else best_choice(guard.choice_scores(it.prompt(), it.letters, d))
             rows.append({"flagged": d.flagged, "action": d.action, "correct_off": off == it.answer, "correct_on": on == it.answer})
             bar.update(1)
     return {

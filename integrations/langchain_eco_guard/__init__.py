@@ -4,6 +4,7 @@
 - :class:`EcoGuardRouter`: put the guard in front of any chat model or chain.
 - :class:`EcoGuardMiddleware`: guard every model call of a ``create_agent`` agent.
 - :class:`EcoGuardEmbeddings`: offline embeddings from the bundled encoder, for RAG.
+- :func:`to_chat`: LangChain messages as an eco-guard chat, for your own glue code.
 
 Every class takes ``guard=`` as a :class:`eco_guard.Guard` or a fitted-guard directory.
 """
@@ -11,6 +12,7 @@ Every class takes ``guard=`` as a :class:`eco_guard.Guard` or a fitted-guard dir
 from langchain_eco_guard.chat_models import EcoGuardChatModel
 from langchain_eco_guard.embeddings import EcoGuardEmbeddings
 from langchain_eco_guard.middleware import EcoGuardMiddleware
+from langchain_eco_guard._convert import to_chat
 from langchain_eco_guard.router import DECISION_EVENT, EcoGuardRouter
 
-__all__ = ["DECISION_EVENT", "EcoGuardChatModel", "EcoGuardEmbeddings", "EcoGuardMiddleware", "EcoGuardRouter"]
+__all__ = ["DECISION_EVENT", "EcoGuardChatModel", "EcoGuardEmbeddings", "EcoGuardMiddleware", "EcoGuardRouter", "to_chat"]

@@ -20,8 +20,9 @@ from eco_guard.runner.base import GenerationOptions
 from ._convert import StopCutter, decision_metadata, to_chat
 
 #: Keyword argument by which a caller that has already classified the request (the
-#: router, the agent middleware) hands over its decision, as a plain dict so that it is
-#: JSON-friendly in traces. Without it the model classifies the request itself.
+#: router, the agent middleware) hands over its :class:`~eco_guard.decision.Decision`,
+#: as is: the corruption it records is the one applied, never re-parsed. Without it the
+#: model classifies the request itself.
 DECISION_KWARG = "eco_guard_decision"
 
 
@@ -100,9 +101,9 @@ class EcoGuardChatModel(BaseChatModel):
 
     def _given_decision(self, kwargs: dict[str, Any]) -> Decision | None:
         given = kwargs.get(DECISION_KWARG)
-        if given is None or isinstance(given, Decision):
-            return given
-        return Decision(**given)
+        if given is not None and not isinstance(given, Decision):
+            raise TypeError(f"{DECISION_KWARG} must be an eco_guard Decision, got {type(given).__name__}")
+        return given
 
     def _pieces(self, chat: list[dict[str, str]], decision: Decision | None, options: GenerationOptions) -> tuple[Decision, Iterator[str]]:
         if decision is None:

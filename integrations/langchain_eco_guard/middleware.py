@@ -57,7 +57,7 @@ class EcoGuardMiddleware(AgentMiddleware):
         decision = self._decide(request)
         if decision is None or not diverts(decision):
             return handler(request)
-        answer = self.eco_model.invoke(self._eco_messages(request), **{DECISION_KWARG: decision.to_dict()})
+        answer = self.eco_model.invoke(self._eco_messages(request), **{DECISION_KWARG: decision})
         return ModelResponse(result=[answer])
 
     async def awrap_model_call(
@@ -69,7 +69,7 @@ class EcoGuardMiddleware(AgentMiddleware):
         decision = await self.guard.acheck(chat) if has_user_text(chat) else None
         if decision is None or not diverts(decision):
             return await handler(request)
-        answer = await self.eco_model.ainvoke(self._eco_messages(request), **{DECISION_KWARG: decision.to_dict()})
+        answer = await self.eco_model.ainvoke(self._eco_messages(request), **{DECISION_KWARG: decision})
         return ModelResponse(result=[answer])
 
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForChainRun,
     CallbackManagerForChainRun,
 )
 from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
-from langchain_core.messages import BaseMessage, BaseMessageChunk
+from langchain_core.messages import AIMessage, BaseMessage, BaseMessageChunk
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import get_executor_for_config
 from pydantic import ConfigDict, PrivateAttr, model_validator
@@ -33,13 +34,33 @@ from .chat_models import DECISION_KWARG, EcoGuardChatModel
 DECISION_EVENT = "eco_guard_decision"
 
 
-def _returns_text(runnable: Runnable[Any, Any]) -> bool:
-    """Whether the downstream produces strings (a chain ending in a string parser), so
-    that a flagged answer is returned in the same shape as an unflagged one."""
+def output_kind(runnable: Runnable[Any, Any]) -> Literal["text", "message"] | None:
+    """What a runnable answers with, read from its declared ``OutputType``: ``"text"``
+    (``str``, e.g. a chain ending in a string parser), ``"message"`` (chat messages, e.g.
+    a chat model) or ``None`` when it does not say, or says something else."""
     try:
-        return runnable.OutputType is str
+        declared = runnable.OutputType
     except Exception:  # noqa: BLE001 - some runnables cannot infer their output type
-        return False
+        return None
+    kinds = {_kind_of(t) for t in _alternatives(declared)}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _alternatives(tp: Any) -> list[Any]:
+    """The plain types a type annotation allows (``Annotated`` and ``Union`` unwrapped)."""
+    if get_origin(tp) is Annotated:
+        return _alternatives(get_args(tp)[0])
+    if get_origin(tp) in (Union, UnionType):
+        return [t for arg in get_args(tp) for t in _alternatives(arg)]
+    return [tp]
+
+
+def _kind_of(tp: Any) -> Literal["text", "message"] | None:
+    if tp is str:
+        return "text"
+    if isinstance(tp, type) and issubclass(tp, BaseMessage):
+        return "message"
+    return None
 
 
 class EcoGuardRouter(RunnableSerializable[Any, Any]):
@@ -51,6 +72,11 @@ class EcoGuardRouter(RunnableSerializable[Any, Any]):
         eco_model: the model for flagged input; by default an :class:`EcoGuardChatModel`
             over the same guard.
         input_key: for dict inputs, the entry that holds the prompt.
+        output: what every answer is, flagged or not: ``"text"`` (a ``str``) or
+            ``"message"`` (an ``AIMessage``; chunks when streaming). ``"auto"`` (the
+            default) reads it from the downstream's declared output type and raises when
+            the downstream does not declare one, because a flagged answer never comes from
+            the downstream and must still have its type.
 
     Example:
         .. code-block:: python
@@ -65,6 +91,7 @@ class EcoGuardRouter(RunnableSerializable[Any, Any]):
     downstream: Runnable[Any, Any]
     eco_model: EcoGuardChatModel | None = None
     input_key: str | None = None
+    output: Literal["auto", "text", "message"] = "auto"
 
     _text_output: bool = PrivateAttr(default=False)
 
@@ -72,7 +99,13 @@ class EcoGuardRouter(RunnableSerializable[Any, Any]):
     def _defaults(self) -> "EcoGuardRouter":
         if self.eco_model is None:
             self.eco_model = EcoGuardChatModel(guard=self.guard)
-        self._text_output = _returns_text(self.downstream)
+        kind = output_kind(self.downstream) if self.output == "auto" else self.output
+        if kind is None:
+            raise ValueError(
+                f"EcoGuardRouter cannot tell whether the downstream ({type(self.downstream).__name__}) answers with text "
+                "or messages, and flagged input is answered without it; pass output='text' or output='message'"
+            )
+        self._text_output = kind == "text"
         return self
 
     @property
@@ -81,7 +114,9 @@ class EcoGuardRouter(RunnableSerializable[Any, Any]):
 
     @property
     def OutputType(self) -> Any:  # noqa: N802 - LangChain's name
-        return str if self._text_output else Any
+        if self._text_output:
+            return str
+        return self.downstream.OutputType if output_kind(self.downstream) == "message" else AIMessage
 
     # ------------------------------------------------------------------ helpers
 
@@ -93,7 +128,7 @@ class EcoGuardRouter(RunnableSerializable[Any, Any]):
         return message.text if self._text_output else message
 
     def _eco_kwargs(self, decision: Decision) -> dict[str, Any]:
-        return {DECISION_KWARG: decision.to_dict()}
+        return {DECISION_KWARG: decision}
 
     @property
     def _eco(self) -> EcoGuardChatModel:

@@ -11,7 +11,7 @@ policy may not give (:func:`near_negative_stand_ins`): questions about made-up p
 built from the templates below (:func:`people_questions`) and exam-style knowledge
 questions over 76 subjects (``knowledge_questions.txt``, :func:`knowledge_questions`).
 The same made-up names also rewrite a policy's own examples about someone else
-(:func:`name_swapped`, used by :mod:`eco_guard.classifier.swaps`).
+(:func:`name_swapped`, used by :mod:`eco_guard.classifier.negatives.swaps`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Cut multi-sentence texts into the pieces the classifier scores: the unit of every decision.
+"""Cut multi-sentence texts into the pieces the classifier scores, and judge each text by its best piece.
 
 The heads were fitted on prompt-sized texts, and one mean-pooled vector of several
 sentences dilutes the one sentence about a forget target into its neighbours. Measured
@@ -9,13 +9,16 @@ on its own, so padding a prompt is no way round the guard. A text is therefore j
 its highest-scoring piece: the whole text, each sentence, and overlapping windows of
 three sentences (which keep "she" or "the book" next to what they refer to). The same
 pieces score a prompt's last turn, a retrieved passage, and the negatives that calibrate
-the threshold, so the calibrated rate is a rate over texts scored this way.
+the threshold, so the calibrated rate is a rate over texts scored this way; and one
+function, :func:`max_over_pieces`, takes the maximum for all of them.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+
+import numpy as np
 
 WINDOW_SENTENCES = 3
 """Sentences per window: enough context to resolve "she" or "the book" inside a passage,
@@ -96,3 +99,19 @@ def _cap_words(window: str) -> list[str]:
         return [window]
     step = MAX_WINDOW_WORDS // 2
     return [" ".join(words[i : i + MAX_WINDOW_WORDS]) for i in range(0, max(len(words) - step, 1), step)]
+
+
+def max_over_pieces(scores: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+    """Each text's scores: the maximum, per target, over the score rows of its pieces.
+
+    ``scores`` is ``[sum(counts), n_targets]``: the pieces of the first text, then those of
+    the second, and so on; ``counts`` is how many pieces each text has (at least one).
+    Returns ``[len(counts), n_targets]``. The guard decides prompts and passages with it,
+    and the fit scores the held-out negatives that calibrate the threshold with it.
+    """
+    if len(counts) == 0:
+        return np.empty((0, scores.shape[1]), dtype=scores.dtype)
+    if min(counts) < 1 or sum(counts) != len(scores):
+        raise ValueError(f"every text needs at least one piece, and the counts must add up to {len(scores)} rows")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
+    return np.maximum.reduceat(scores, starts, axis=0)

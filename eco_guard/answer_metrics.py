@@ -15,8 +15,8 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..corruption import Corruption
-from ..runner.base import MaskSpec, Runner
+from .corruption import Corruption
+from .runner.base import MaskSpec, Runner
 
 _PUNCT = str.maketrans("", "", string.punctuation)
 _SPACE = re.compile(r"\s+")
@@ -126,5 +126,11 @@ def mc_prediction(
     choices are not penalised, as in the usual MMLU/WMDP zero-shot setup.
     """
     chat = [{"role": "user", "content": item.prompt()}]
-    scores = runner.score_choices(chat, item.letters, corruption, mask_spec)
+    return best_choice(runner.score_choices(chat, item.letters, corruption, mask_spec))
+
+
+def best_choice(scores: Sequence[float] | None) -> int:
+    """Index of the highest-scoring choice; -1 when there are no scores (a refused question: no choice made)."""
+    if scores is None:
+        return -1
     return max(range(len(scores)), key=scores.__getitem__)

@@ -5,7 +5,7 @@ target: its retain examples, and every other target's forget examples. Each was 
 on by some head as a negative, so its in-sample score is optimistic; these functions
 re-fit the heads without it (cross-fitting) so that the shared threshold is calibrated on
 scores of texts the scoring head never saw (see
-:func:`eco_guard.classifier.training.fit_core`).
+:func:`eco_guard.classifier.fit.fit_core`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ transformer forward itself: a one-prompt decision has a budget of about 10 ms on
 ``SentenceTransformer.encode`` (argument validation, progress bar, device dispatch,
 per-call list juggling) and drive the model's own module pipeline directly, and on CPU
 in float32 the transformer itself runs in ONNX Runtime (``runtime="auto"``; see
-:mod:`eco_guard.classifier.onnx_runtime`): 3.6 ms a decision, 705 prompts/s in batches.
+:mod:`eco_guard.classifier.features.onnx_runtime`): 3.6 ms a decision, 705 prompts/s in batches.
 
 ``precision="bfloat16"`` (the policy's ``classifier.precision``) runs the forward under
 bfloat16 autocast. On CPUs with native bfloat16 units (AVX-512 BF16 / AMX, as on the
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
-from eco_guard.classifier.onnx_runtime import OnnxBackbone, load_backbone
+from eco_guard.classifier.features.onnx_runtime import OnnxBackbone, load_backbone
 from eco_guard.errors import InputError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ Precision = Literal["float32", "bfloat16"]
 
 Runtime = Literal["auto", "torch", "onnx"]
 """What runs the transformer forward: ``onnx`` (ONNX Runtime, CPU float32 only, 2-3x faster;
-see :mod:`eco_guard.classifier.onnx_runtime`), ``torch``, or ``auto``: onnx where it applies
+see :mod:`eco_guard.classifier.features.onnx_runtime`), ``torch``, or ``auto``: onnx where it applies
 and works, torch otherwise."""
 
 TOKEN_BUDGET = 1024

@@ -35,9 +35,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from eco_guard.classifier.calibration import conformal_threshold
-from eco_guard.classifier.encoder import Encoder
+from eco_guard.classifier.features.encoder import Encoder
 from eco_guard.classifier.heads import HEAD_C, unique_texts
-from eco_guard.classifier.lexical import analyzer
+from eco_guard.classifier.features.lexical import analyzer
 
 Scorer = Callable[[Sequence[str]], np.ndarray]
 """Texts -> one score per text (the maximum over targets); higher means more forget-like."""

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from eco_guard.classifier.encoder import Encoder
-from eco_guard.classifier.feature_cache import corpus_features
+from eco_guard.classifier.features.encoder import Encoder
+from eco_guard.classifier.features.feature_cache import corpus_features
 from eco_guard.classifier.heads import unique_texts
 
 _EMBED_CHUNK = 256

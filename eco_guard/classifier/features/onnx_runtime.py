@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from eco_guard.cache import cache_dir, prune_superseded, write_entry_marker
-from eco_guard.classifier.feature_cache import model_files_identity, model_files_key
+from eco_guard.cache import cache_dir, model_files_identity, model_files_key, prune_superseded, write_entry_marker
 from eco_guard.errors import ModelLoadError
 
 if TYPE_CHECKING:

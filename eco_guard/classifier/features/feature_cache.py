@@ -1,7 +1,7 @@
 """Encoder features of fixed corpora, computed once per encoder and kept in eco-guard's cache.
 
 Every fit trains and calibrates on the built-in background (754 written prompts, or 2,786
-with the stand-ins for near negatives; see :mod:`eco_guard.classifier.background`).
+with the stand-ins for near negatives; see :mod:`eco_guard.classifier.negatives.background`).
 Embedding it took a few seconds of every fit and gives the same numbers every time, so it is
 done once per encoder and corpus and stored under ``$ECO_GUARD_CACHE/features/`` (or
 ``~/.cache/eco-guard``): one directory per encoder (its model files' names, sizes and
@@ -15,7 +15,6 @@ byte-identical heads whether or not the cache was warm. A cache that cannot be w
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
@@ -25,34 +24,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from eco_guard.cache import cache_dir, prune_superseded, write_entry_marker
+from eco_guard.cache import cache_dir, digest, model_files_key, prune_superseded, write_entry_marker
 
 if TYPE_CHECKING:
-    from eco_guard.classifier.encoder import Encoder
+    from eco_guard.classifier.features.encoder import Encoder
 
 _FLAT_NAME = re.compile(r"[0-9a-f]{24}\.npy")
 
 _FORMAT = 1
 """Bump when what is stored changes, so stale entries are ignored."""
-
-
-def model_files_identity(model_dir: Path) -> list[str]:
-    """The model directory's path and every file's name, size and mtime.
-
-    Hashing the weights on every start would cost more than the load; a reinstalled
-    package changes sizes or mtimes, which invalidates anything keyed on this.
-    """
-    parts = [str(model_dir.resolve())]
-    for path in sorted(model_dir.rglob("*")):
-        if path.is_file():
-            st = path.stat()
-            parts.append(f"{path.relative_to(model_dir)}|{st.st_size}|{st.st_mtime_ns}")
-    return parts
-
-
-def model_files_key(model_dir: Path) -> str:
-    """:func:`model_files_identity` as one short hash: what cache entries record as their source's identity."""
-    return _digest(model_files_identity(model_dir))[:16]
 
 
 def corpus_features(encoder: Encoder, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
@@ -94,16 +74,8 @@ def _remove_flat_layout(features: Path) -> None:
 
 def _encoder_key(encoder: Encoder) -> str:
     """What makes two encoders' features differ: the model files, feature layers, precision and runtime."""
-    return _digest([str(_FORMAT), encoder.precision, encoder.runtime, repr(encoder.feature_layers), model_files_key(encoder.path)])[:16]
+    return digest([str(_FORMAT), encoder.precision, encoder.runtime, repr(encoder.feature_layers), model_files_key(encoder.path)])[:16]
 
 
 def _corpus_key(texts: list[str]) -> str:
-    return _digest(texts)[:24]
-
-
-def _digest(parts: list[str]) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part.encode("utf-8"))
-        digest.update(b"\0")
-    return digest.hexdigest()
+    return digest(texts)[:24]

@@ -35,7 +35,7 @@ class Lexicon:
 
     ``weight`` scales the lexical block against the unit-norm encoder block the heads
     read beside it: how much a prompt's shared rare words count against its meaning.
-    Which weight suits a policy is measured by ``fit_heads`` (:mod:`eco_guard.classifier.training`).
+    Which weight suits a policy is measured by ``fit_heads`` (:mod:`eco_guard.classifier.fit`).
     """
 
     terms: tuple[str, ...]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eco_guard.classifier.background import name_parts, name_swapped
+from eco_guard.classifier.negatives.background import name_parts, name_swapped
 from eco_guard.classifier.heads import TargetData, unique_texts
 from eco_guard.entities import central_names, names_pattern
 
@@ -64,7 +64,7 @@ MIN_NEAR_RETAIN = 10
 """Near retain examples that are enough on their own. An entity target with fewer gets the
 copies (measured in the module docstring: 10 near ones left 1 of 8 questions about other
 people flagged, fewer left 3-7), and a policy with fewer over all its targets gets the
-stand-ins for near negatives (:func:`eco_guard.classifier.training.lacks_near_negatives`).
+stand-ins for near negatives (:func:`eco_guard.classifier.fit.lacks_near_negatives`).
 A target with this many is not reported as having generic retain examples, whatever share
 of them the near ones are (:func:`lacks_near_retain`)."""
 
