@@ -168,7 +168,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .runner.base import GenerationOptions
+    from .runner.base import GenerationOptions, bare_rows
 
     if (args.text is None) == (args.input is None):
         raise InputError("generate: give either one PROMPT or --input IN.jsonl --output OUT.jsonl")
@@ -188,7 +188,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             # The bare model; decisions are still computed so comparisons can see what
             # the guard would have done, but they do not change the answers.
             decisions = guard.check_batch(prompts, audit=False)
-            texts = guard.runner.generate(prompts, None, options=options)
+            texts = guard.runner.generate(bare_rows(prompts), options)
         else:
             results = guard.batch(prompts, options)
             decisions = [r.decision for r in results]

@@ -25,7 +25,7 @@ from .classifier.chunking import text_pieces
 from .corruption import Corruption
 from .decision import Decision, GuardedResult
 from .errors import EcoGuardError, InputError, UserError
-from .runner.base import GenerationOptions, MaskSpec, Messages, Runner, normalize_messages
+from .runner.base import GenerationOptions, GenerationRow, MaskSpec, Messages, Runner, normalize_messages
 
 Prompt = str | Messages
 
@@ -342,12 +342,7 @@ class Guard:
         todo = [i for i, r in enumerate(routes) if r[2] is None]
         texts: dict[int, str] = {i: r[2] for i, r in enumerate(routes) if r[2] is not None}
         if todo:
-            answers = self.runner.generate(
-                [chats[i] for i in todo],
-                [routes[i][0] for i in todo],
-                [routes[i][1] for i in todo],
-                options,
-            )
+            answers = self.runner.generate([GenerationRow(chats[i], routes[i][0], routes[i][1]) for i in todo], options)
             texts.update(zip(todo, answers))
         results = [GuardedResult(texts[i], d) for i, d in enumerate(decisions)]
         for r, c in zip(results, chats):
@@ -371,7 +366,7 @@ class Guard:
         corruption, mask, refusal = self.route(decision)
         if refusal is not None:
             return refusal
-        return self.runner.generate([chat], [corruption], [mask], options)[0]
+        return self.runner.generate([GenerationRow(chat, corruption, mask)], options)[0]
 
     def stream_decided(
         self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()
@@ -380,7 +375,7 @@ class Guard:
         corruption, mask, refusal = self.route(decision)
         if refusal is not None:
             return iter([refusal])
-        return iter(self.runner.stream(chat, corruption, mask, options))
+        return iter(self.runner.stream(GenerationRow(chat, corruption, mask), options))
 
     async def astream_decided(
         self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()
@@ -391,7 +386,7 @@ class Guard:
             yield refusal
             return
         runner = await asyncio.to_thread(lambda: self.runner)
-        async for piece in runner.astream(chat, corruption, mask, options):
+        async for piece in runner.astream(GenerationRow(chat, corruption, mask), options):
             yield piece
 
     def stream(self, prompt: Prompt, options: GenerationOptions = GenerationOptions()) -> GuardedStream:

@@ -26,7 +26,7 @@ def build_chain(guard: Any, max_new_tokens: int) -> Any:
     from langchain_core.runnables import RunnableLambda, RunnablePassthrough
     from langchain_core.vectorstores import InMemoryVectorStore
 
-    from eco_guard.runner.base import GenerationOptions
+    from eco_guard.runner.base import GenerationOptions, bare_rows
     from langchain_eco_guard import EcoGuardChatModel, EcoGuardEmbeddings, EcoGuardRouter
     from langchain_eco_guard._convert import to_chat
 
@@ -39,7 +39,7 @@ def build_chain(guard: Any, max_new_tokens: int) -> Any:
 
     def local_model(prompt_value: Any) -> AIMessage:
         """The chain's own model: the bare bundled SmolLM2, no guard, no corruption."""
-        return AIMessage(content=guard.runner.generate([to_chat(prompt_value.to_messages())], None, options=options)[0])
+        return AIMessage(content=guard.runner.generate(bare_rows([to_chat(prompt_value.to_messages())]), options)[0])
 
     rag = (
         {"context": retriever | (lambda docs: "\n".join(d.page_content for d in docs)), "question": RunnablePassthrough()}

@@ -20,7 +20,7 @@ QUESTIONS = ("What is the capital of France?", "What is the capital of Australia
 def run_demo(out_dir: Path | None = None, *, max_new_tokens: int = 48) -> int:
     from ..fitting import fit_guard
     from ..guard import Guard
-    from ..runner.base import GenerationOptions
+    from ..runner.base import GenerationOptions, bare_rows
 
     start = time.perf_counter()
     work = out_dir or Path(tempfile.mkdtemp(prefix="eco-guard-demo-"))
@@ -32,7 +32,7 @@ def run_demo(out_dir: Path | None = None, *, max_new_tokens: int = 48) -> int:
     guard = Guard.load(work / "guard", progress=True)
     options = GenerationOptions(max_new_tokens=max_new_tokens)
     guarded = guard.batch(list(QUESTIONS), options)
-    bare = guard.runner.generate(list(QUESTIONS), None, options=options)
+    bare = guard.runner.generate(bare_rows(QUESTIONS), options)
 
     out = sys.stdout
     out.write("\neco-guard demo: policy 'forget facts about France' (bundled SmolLM2-135M-Instruct)\n")

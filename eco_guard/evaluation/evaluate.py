@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..guard import Guard
-from ..runner.base import GenerationOptions
+from ..runner.base import GenerationOptions, bare_rows
 from .metrics import MIN_DISTINCT, MCItem, answer_distinct_ratio, answer_logprobs, contains_answer, mc_prediction, mean_or_none
 
 
@@ -51,7 +51,7 @@ def evaluate_qa(
         for i in range(0, len(rows), batch_size):
             chunk = rows[i : i + batch_size]
             prompts = [r.question for r in chunk]
-            bare = guard.runner.generate(prompts, None, options=options)
+            bare = guard.runner.generate(bare_rows(prompts), options)
             guarded = guard.batch(prompts, options)
             for r, b, g in zip(chunk, bare, guarded):
                 per_row.append(
