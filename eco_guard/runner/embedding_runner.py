@@ -65,6 +65,7 @@ class EmbeddingRunner(ABC):
         self.pad_id = pad_id
         self.eos_ids = list(eos_ids)
         self.vocab_size = vocab_size
+        self._embedding_stats: tuple[float, int] | None = None  # a property of the model, computed once
 
     # ------------------------------------------------------------------ backend
 
@@ -94,8 +95,14 @@ class EmbeddingRunner(ABC):
         return prepare_prompt(self.chat_format, messages, mask_spec)
 
     def embedding_stats(self) -> tuple[float, int]:
-        """Std and width of the embeddings the model consumes: where ``strength: auto`` starts."""
-        return table_stats(self.embed, self.vocab_size, self.device)
+        """Std and width of the embeddings the model consumes: where ``strength: auto`` starts.
+
+        It reads the whole consumed table (Gemma's is 262k x 640), so it is computed once;
+        two threads asking at once both compute the same value, which is harmless.
+        """
+        if self._embedding_stats is None:
+            self._embedding_stats = table_stats(self.embed, self.vocab_size, self.device)
+        return self._embedding_stats
 
     def _check_length(self, n_prompt: int, max_new_tokens: int, where: str) -> None:
         if n_prompt + max_new_tokens > self.max_context:
