@@ -11,11 +11,14 @@ WMDP: a policy forgetting the D2 train rows (first 20% of bio and cyber, shuffle
 seed 0), objective ``mc_accuracy`` toward 0.25; accuracy is measured on a seeded
 subsample of the D2 test rows (the last 80%) and of the MMLU D2 test split.
 
-Writes benchmarks/results/efficacy.{json,md,png}. Data is read from ../shared/data; the
+``--model`` names the model (a bundled short name, ``default`` or ``gemma3-270m``, or a
+path); the policies name it too, so the fit runs on the same model. Results for the
+default model go to benchmarks/results/efficacy.{json,md,png}, for another model to
+efficacy-<model>.{json,md,png}. Data is read from ../shared/data; the
 benchmark exits with a message when it is absent. The machine is shared, so torch runs
 one thread per process (two threads under contention were 5x slower here).
 
-    .venv/bin/python benchmarks/efficacy.py [--wmdp-n 60] [--mmlu-n 60] [--skip-wmdp] [--skip-entities]
+    .venv/bin/python benchmarks/efficacy.py [--model gemma3-270m] [--wmdp-n 60] [--mmlu-n 60] [--skip-wmdp] [--skip-entities]
 """
 
 from __future__ import annotations
@@ -44,12 +47,14 @@ from eco_guard.fitting import fit_guard  # noqa: E402
 from eco_guard.guard import Guard  # noqa: E402
 from eco_guard.optimize import SearchConfig  # noqa: E402
 from eco_guard.runner.base import GenerationOptions  # noqa: E402
+from eco_guard.runner.store import BUNDLED  # noqa: E402
 from eco_guard.runner.transformers_runner import TransformersRunner  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
 RESULTS = HERE / "results"
-CORRUPTION = {"method": "rand_noise_first_n", "dims": 576, "strength": "auto"}
+#: noise on every embedding dimension of the model (576 for SmolLM2, 640 for Gemma 3 270M)
+CORRUPTION = {"method": "rand_noise_first_n", "strength": "auto"}
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -57,19 +62,20 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _policy(
-    work: Path, target: str, forget: list[dict[str, Any]], retain: list[str], *, scope: str, metric: str, goal: float, strength: float | None = None
+    model: str, dims: int, work: Path, target: str, forget: list[dict[str, Any]], retain: list[str], *, scope: str, metric: str, goal: float, strength: float | None = None
 ) -> Path:
     """A policy file in ``work`` (a temporary directory: no data enters the repository)."""
     _write_jsonl(work / f"{target}-forget.jsonl", forget)
     _write_jsonl(work / f"{target}-retain.jsonl", [{"question": q} for q in retain])
     doc = {
         "version": 1,
+        "model": {"path": model},
         "targets": [
             {
                 "id": target,
                 "forget": {"file": f"{target}-forget.jsonl", "field": "question", "answer_field": "answer"},
                 "retain": {"file": f"{target}-retain.jsonl", "field": "question"},
-                "corruption": {**CORRUPTION, "scope": scope, "strength": "auto" if strength is None else strength},
+                "corruption": {**CORRUPTION, "dims": dims, "scope": scope, "strength": "auto" if strength is None else strength},
                 "objective": {"metric": metric, "target": goal},
             }
         ],
@@ -85,7 +91,7 @@ def _fit(policy: Path, out: Path, search: SearchConfig) -> tuple[dict[str, Any],
     return summary.targets[0], time.perf_counter() - start
 
 
-def run_e1(runner: TransformersRunner, work: Path, scopes: Sequence[str]) -> dict[str, Any]:
+def run_e1(runner: TransformersRunner, model: str, work: Path, scopes: Sequence[str]) -> dict[str, Any]:
     """Protocol E1 for each scope: fit (timed), then test forget/retain with the guard on and off."""
     authors = _json_rows(DATA / "tofu" / "real_authors.json")
     facts = _json_rows(DATA / "tofu" / "world_facts.json")
@@ -98,7 +104,7 @@ def run_e1(runner: TransformersRunner, work: Path, scopes: Sequence[str]) -> dic
     options = GenerationOptions(max_new_tokens=48)
     out: dict[str, Any] = {}
     for scope in scopes:
-        target, seconds = _fit(_policy(work, "real-authors", forget, retain, scope=scope, metric="answer_recall", goal=0.0), work / f"e1-{scope}", SearchConfig())
+        target, seconds = _fit(_policy(model, runner.embedding_stats()[1], work, "real-authors", forget, retain, scope=scope, metric="answer_recall", goal=0.0), work / f"e1-{scope}", SearchConfig())
         guard = Guard.load(work / f"e1-{scope}", runner=runner, audit=False)
         # The classifier is the same for every scope, so retain flags are too; to save time the
         # retain set is measured under the first scope only.
@@ -120,7 +126,7 @@ def _mmlu_test_items() -> list[tuple[str, MCItem]]:
     return items
 
 
-def run_wmdp(runner: TransformersRunner, work: Path, n_wmdp: int, n_mmlu: int, strength: float | None) -> dict[str, Any]:
+def run_wmdp(runner: TransformersRunner, model: str, work: Path, n_wmdp: int, n_mmlu: int, strength: float | None) -> dict[str, Any]:
     """Fit a WMDP guard on the D2 train rows; MC accuracy on subsampled test rows.
 
     ``strength`` skips the search (it is slow on WMDP's long cyber questions).
@@ -140,7 +146,7 @@ def run_wmdp(runner: TransformersRunner, work: Path, n_wmdp: int, n_mmlu: int, s
     mmlu_train = _mmlu_splits()[0]
     retain = random.Random(0).sample(mmlu_train, min(400, len(mmlu_train)))
     search = SearchConfig(steps=2)
-    target, seconds = _fit(_policy(work, "wmdp", train, retain, scope="prompt", metric="mc_accuracy", goal=0.25, strength=strength), work / "wmdp", search)
+    target, seconds = _fit(_policy(model, runner.embedding_stats()[1], work, "wmdp", train, retain, scope="prompt", metric="mc_accuracy", goal=0.25, strength=strength), work / "wmdp", search)
     guard = Guard.load(work / "wmdp", runner=runner, audit=False)
     sets = {name: evaluate_mc(guard, items, name=name[:10]) for name, items in tests.items()}
     return {"fit_seconds": round(seconds, 1), "fit": target, "search_steps": search.steps if strength is None else 0, "sets": sets}
@@ -152,7 +158,7 @@ def _e1_summary(e1: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def markdown(result: dict[str, Any]) -> str:
     """The results page (also the README table's source)."""
-    lines = ["# Efficacy benchmark", "", f"Machine: {result['machine']}. Command: `{result['command']}`.", ""]
+    lines = ["# Efficacy benchmark", "", f"Model: {result.get('model', 'SmolLM2-135M-Instruct')}. Machine: {result['machine']}. Command: `{result['command']}`.", ""]
     e1 = result.get("e1")
     if e1:
         lines += ["## E1: knowledge the bundled model has (real_authors forgotten, world_facts retained)", ""]
@@ -186,36 +192,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-entities", action="store_true")
     parser.add_argument("--skip-e1", action="store_true", help="keep the E1 results already in efficacy.json")
     parser.add_argument("--wmdp-strength", type=float, help="fixed WMDP strength instead of the search")
+    parser.add_argument("--model", default="default", help=f"model.path for the runner and the policies ({', '.join(BUNDLED)} or a path)")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"efficacy: third-party data not found at {DATA}; nothing to benchmark", file=sys.stderr)
         return 0
     torch.set_num_threads(1)
-    runner = TransformersRunner.load("default", progress=True)
+    runner = TransformersRunner.load(args.model, progress=True)
+    model = args.model if args.model in BUNDLED else str(Path(args.model).resolve())
+    stem = results_stem(args.model)
     result: dict[str, Any] = {
+        "model": runner.name,
         "machine": f"{torch.get_num_threads()} torch thread(s), CPU",
         "command": "python benchmarks/efficacy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     with tempfile.TemporaryDirectory(prefix="eco-guard-efficacy-") as tmp:
         work = Path(tmp)
         if args.skip_e1:
-            result["e1"] = json.loads((RESULTS / "efficacy.json").read_text(encoding="utf-8"))["e1"]
+            result["e1"] = json.loads((RESULTS / f"{stem}.json").read_text(encoding="utf-8"))["e1"]
         else:
-            result["e1"] = run_e1(runner, work, ["prompt"] if args.skip_entities else ["prompt", "entities"])
-            write_results(result)  # E1 is kept even if the (slow) WMDP part is interrupted
+            result["e1"] = run_e1(runner, model, work, ["prompt"] if args.skip_entities else ["prompt", "entities"])
+            write_results(result, stem)  # E1 is kept even if the (slow) WMDP part is interrupted
         if not args.skip_wmdp:
-            result["wmdp"] = run_wmdp(runner, work, args.wmdp_n, args.mmlu_n, args.wmdp_strength)
-            write_results(result)
+            result["wmdp"] = run_wmdp(runner, model, work, args.wmdp_n, args.mmlu_n, args.wmdp_strength)
+            write_results(result, stem)
     print(markdown(result))
     return 0
 
 
-def write_results(result: dict[str, Any]) -> None:
-    """benchmarks/results/efficacy.{json,md,png} for what has been measured so far."""
+def results_stem(model: str) -> str:
+    """``efficacy`` for the default model (the file the README cites), ``efficacy-<model>`` otherwise."""
+    return "efficacy" if model == "default" else f"efficacy-{Path(model).stem}"
+
+
+def write_results(result: dict[str, Any], stem: str = "efficacy") -> None:
+    """benchmarks/results/<stem>.{json,md,png} for what has been measured so far."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "efficacy.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
-    (RESULTS / "efficacy.md").write_text(markdown(result), encoding="utf-8")
-    plot_recall(RESULTS / "efficacy.png", _e1_summary(result["e1"]), "recall_guard_off", "recall_guard_on", "E1 recall")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    (RESULTS / f"{stem}.md").write_text(markdown(result), encoding="utf-8")
+    plot_recall(RESULTS / f"{stem}.png", _e1_summary(result["e1"]), "recall_guard_off", "recall_guard_on", "E1 recall")
 
 
 if __name__ == "__main__":

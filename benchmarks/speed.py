@@ -26,7 +26,7 @@ import torch
 from eco_guard.audit import NullAudit
 from eco_guard.fitting import fit_guard
 from eco_guard.guard import Guard
-from eco_guard.runner.base import GenerationOptions
+from eco_guard.runner.base import GenerationOptions, GenerationRow
 from eco_guard.runner.transformers_runner import TransformersRunner
 
 HERE = Path(__file__).resolve().parent
@@ -155,10 +155,10 @@ def main() -> int:
     msgs = [{"role": "user", "content": UNFLAGGED}]
     assert not guard.check(UNFLAGGED).flagged
     guard.invoke(UNFLAGGED, opts)
-    runner.generate([msgs], None, options=opts)
+    runner.generate([GenerationRow(msgs)], opts)
     bare_t, guard_t = interleaved(
         args.reps,
-        lambda: runner.generate([msgs], None, options=opts),
+        lambda: runner.generate([GenerationRow(msgs)], opts),
         lambda: guard.invoke(UNFLAGGED, opts),
     )
 
@@ -167,8 +167,8 @@ def main() -> int:
     fmsgs = [{"role": "user", "content": FLAGGED}]
     clean_t, corr_t = interleaved(
         args.reps,
-        lambda: runner.generate([fmsgs], None, options=opts),
-        lambda: runner.generate([fmsgs], corruption, options=opts),
+        lambda: runner.generate([GenerationRow(fmsgs)], opts),
+        lambda: runner.generate([GenerationRow(fmsgs, corruption)], opts),
     )
 
     clean_tps = args.tokens / statistics.median(clean_t)

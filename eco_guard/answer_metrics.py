@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .corruption import Corruption
-from .runner.base import MaskSpec, Runner
+from .runner.base import GenerationRow, MaskSpec, Runner
 
 _PUNCT = str.maketrans("", "", string.punctuation)
 _SPACE = re.compile(r"\s+")
@@ -84,7 +84,7 @@ def answer_logprobs(runner: Runner, answers: Sequence[str]) -> list[float | None
     if not present:
         return [None] * len(answers)
     chat = [{"role": "user", "content": FLUENCY_CONTEXT}]
-    scores = iter(runner.score_choices(chat, present, None, reduction="mean"))
+    scores = iter(runner.score_choices(GenerationRow(chat), present, reduction="mean"))
     return [next(scores) if a.strip() else None for a in answers]
 
 
@@ -126,7 +126,7 @@ def mc_prediction(
     choices are not penalised, as in the usual MMLU/WMDP zero-shot setup.
     """
     chat = [{"role": "user", "content": item.prompt()}]
-    return best_choice(runner.score_choices(chat, item.letters, corruption, mask_spec))
+    return best_choice(runner.score_choices(GenerationRow(chat, corruption, mask_spec), item.letters))
 
 
 def best_choice(scores: Sequence[float] | None) -> int:

@@ -27,7 +27,7 @@ from .optimize import SearchConfig, SearchJob, SearchResult, search_strengths
 from .policy import LoadedPolicy, TargetSpec, load_policy, policy_to_dict
 from .report import write_fit_report
 from .runner.base import MaskSpec
-from .runner.store import resolve_model
+from .runner.store import BUNDLED, resolve_model
 
 if TYPE_CHECKING:
     from .runner.transformers_runner import TransformersRunner
@@ -83,7 +83,7 @@ def _resolved_policy(loaded: LoadedPolicy) -> dict[str, Any]:
     """The policy with every relative path made absolute, so the guard directory does
     not depend on the working directory it is loaded from."""
     doc = policy_to_dict(loaded.policy)
-    if doc["model"]["path"] != "default":
+    if doc["model"]["path"] not in BUNDLED:
         doc["model"]["path"] = str(loaded.resolve(doc["model"]["path"]))
     if doc["classifier"]["encoder"] != "default":
         doc["classifier"]["encoder"] = str(loaded.resolve(doc["classifier"]["encoder"]))
@@ -109,9 +109,10 @@ def _load_runner(loaded: LoadedPolicy, progress: bool) -> TransformersRunner:
 
 
 def embedding_stats(runner: TransformersRunner) -> EmbeddingStats:
-    """What the default strength needs from the runner's embedding table."""
-    weight = runner.model.get_input_embeddings().weight
-    return EmbeddingStats(std=float(weight.float().std()), dim=int(weight.shape[1]))
+    """What the default strength needs: the statistics of the embeddings the model
+    consumes (Gemma 3 scales its table by sqrt(hidden) on lookup), not of the raw table."""
+    std, dim = runner.embedding_stats()
+    return EmbeddingStats(std=std, dim=dim)
 
 
 def _fit_corruptions(

@@ -341,9 +341,7 @@ class Guard:
         texts: dict[int, str] = {i: r.refusal for i, r in enumerate(routes) if r.refusal is not None}
         todo = [i for i, r in enumerate(routes) if r.generates]
         if todo:
-            answers = self.runner.generate(
-                [chats[i] for i in todo], [routes[i].corruption for i in todo], [routes[i].mask for i in todo], options
-            )
+            answers = self.runner.generate([routes[i].row(chats[i]) for i in todo], options)
             texts.update(zip(todo, answers))
         return [texts[i] for i in range(len(chats))]
 
@@ -371,7 +369,7 @@ class Guard:
         route = PLAIN if decision is None else self.route(decision)
         if not route.generates:
             return None
-        return self.runner.score_choices(normalize_messages(prompt), list(choices), route.corruption, route.mask, reduction=reduction)
+        return self.runner.score_choices(route.row(normalize_messages(prompt)), list(choices), reduction=reduction)
 
     def stream_decided(
         self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()
@@ -380,7 +378,7 @@ class Guard:
         route = self.route(decision)
         if route.refusal is not None:
             return iter([route.refusal])
-        return iter(self.runner.stream(chat, route.corruption, route.mask, options))
+        return iter(self.runner.stream(route.row(chat), options))
 
     async def astream_decided(
         self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()
@@ -391,7 +389,7 @@ class Guard:
             yield route.refusal
             return
         runner = await asyncio.to_thread(lambda: self.runner)
-        async for piece in runner.astream(chat, route.corruption, route.mask, options):
+        async for piece in runner.astream(route.row(chat), options):
             yield piece
 
     def stream(self, prompt: Prompt, options: GenerationOptions = GenerationOptions()) -> GuardedStream:

@@ -69,7 +69,7 @@ from .answer_metrics import (
     mean_or_none,
     normalize_answer,
 )
-from .runner.base import GenerationOptions, MaskSpec, Runner
+from .runner.base import GenerationOptions, GenerationRow, MaskSpec, Runner
 
 #: corrupted answers may be at most this much less likely (relative, in mean token
 #: log-prob under the clean model) than the clean answers
@@ -305,8 +305,7 @@ def search_strengths(
                 texts: list[str] = []
                 for b in range(0, len(rows), config.batch_size):
                     part = rows[b : b + config.batch_size]
-                    chats = [asked[i].chats[k] for i, k in part]
-                    texts += runner.generate(chats, [asked[i].corruptions[k] for i, k in part], mask, options)
+                    texts += runner.generate([GenerationRow(asked[i].chats[k], asked[i].corruptions[k], mask) for i, k in part], options)
                 at = 0
                 for i in ids:
                     n = len(asked[i].chats)

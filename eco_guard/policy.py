@@ -145,7 +145,13 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+)$"
 
 
 class ModelSpec(StrictModel):
-    """The local model that answers flagged prompts."""
+    """The local model that answers flagged prompts.
+
+    ``path`` is a bundled model's short name (``default`` = ``smollm2-135m``, the
+    SmolLM2-135M-Instruct; ``gemma3-270m``, Gemma 3 270M, a base model answered in a
+    plain question/answer format; see docs/models.md), a ``.gguf`` file, or a Hugging
+    Face model directory. Relative paths are taken from the policy file's directory.
+    """
 
     path: str = Field("default", min_length=1)
     device: str = Field("auto", pattern=DEVICE_PATTERN)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .corruption import Corruption
-from .runner.base import MaskSpec
+from .runner.base import GenerationRow, MaskSpec, Messages
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,10 @@ class Route:
     def generates(self) -> bool:
         """Whether the local model is asked at all (a refusal is answered without it)."""
         return self.refusal is None
+
+    def row(self, messages: str | Messages) -> GenerationRow:
+        """The generation row that answers ``messages`` along this route."""
+        return GenerationRow(messages, self.corruption, self.mask)
 
 
 PLAIN = Route()

@@ -13,7 +13,7 @@ import yaml
 from eco_guard.audit import JsonlAudit
 from eco_guard.fitting import fit_guard
 from eco_guard.guard import Guard
-from eco_guard.runner.base import GenerationOptions
+from eco_guard.runner.base import GenerationOptions, bare_rows
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def test_check_scores_every_request(demo_guard: Guard) -> None:
 def test_unflagged_answer_is_the_bare_models(demo_guard: Guard, runner) -> None:
     result = demo_guard.invoke(UNFLAGGED, OPTS)
     assert not result.decision.flagged
-    assert result.text == runner.generate([[{"role": "user", "content": UNFLAGGED}]], None, options=OPTS)[0]
+    assert result.text == runner.generate(bare_rows([[{"role": "user", "content": UNFLAGGED}]]), OPTS)[0]
     assert "canberra" in result.text.lower()
 
 
@@ -108,7 +108,7 @@ def test_refuse_and_shadow_flag_actions(demo_guard_dir: Path, tmp_path: Path, ru
     shadow = _guard_with(demo_guard_dir, tmp_path / "s", runner, action="flag")
     s = shadow.invoke(FLAGGED, OPTS)
     assert s.decision.flagged and s.decision.action == "flag"
-    assert s.text == runner.generate([[{"role": "user", "content": FLAGGED}]], None, options=OPTS)[0]
+    assert s.text == runner.generate(bare_rows([[{"role": "user", "content": FLAGGED}]]), OPTS)[0]
 
 
 class _BrokenScores:

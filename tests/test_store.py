@@ -65,13 +65,13 @@ def test_broken_gguf_is_a_clear_error_and_leaves_no_cache_entry(tmp_path: Path, 
 
 @pytest.mark.slow
 def test_runner_loads_from_an_hf_directory() -> None:
-    from eco_guard.runner.base import GenerationOptions
+    from eco_guard.runner.base import GenerationOptions, bare_rows
     from eco_guard.runner.transformers_runner import TransformersRunner
 
     hf_dir = resolve_model("default", progress=False).directory
     r = TransformersRunner.load(str(hf_dir), device="cpu", dtype="float32")
-    out = r.generate([[{"role": "user", "content": "What is the capital of Australia?"}]], None,
-                     options=GenerationOptions(max_new_tokens=12))[0]
+    out = r.generate(bare_rows([[{"role": "user", "content": "What is the capital of Australia?"}]]),
+                     GenerationOptions(max_new_tokens=12))[0]
     assert "canberra" in out.lower()
 
 

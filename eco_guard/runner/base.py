@@ -1,22 +1,34 @@
-"""The Runner protocol: what the guard needs from a local model.
+"""The Runner protocol: what the guard needs from a local model, one typed row at a time.
 
 The guard only ever talks to this protocol, so a different backend (a GPU server fed
 with ``prompt_embeds``, say) can replace the transformers runner without touching the
-guard, the CLI or the integrations.
+guard, the CLI or the integrations. The parts every backend needs (templating,
+masking, building and corrupting the embedding rows, the loop guard) are shared in
+``templating.py``, ``masking.py``, ``embedding_rows.py``, ``loop_guard.py`` and
+``embedding_runner.py``; a backend adds only embedding lookup, generate and stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from ..corruption import Corruption
 from ..errors import InputError
+from .messages import ROLES, Message, Messages, normalize_messages
 
-Message = Mapping[str, str]
-Messages = Sequence[Message]
-ROLES = ("system", "user", "assistant")
+__all__ = [
+    "ROLES",
+    "GenerationOptions",
+    "GenerationRow",
+    "MaskSpec",
+    "Message",
+    "Messages",
+    "Runner",
+    "bare_rows",
+    "normalize_messages",
+]
 
 
 @dataclass(frozen=True)
@@ -61,31 +73,22 @@ class GenerationOptions:
             raise InputError(f"corrupted_no_repeat_ngram must be a non-negative integer, got {self.corrupted_no_repeat_ngram!r}")
 
 
-def normalize_messages(messages: str | Messages, *, where: str = "messages") -> list[dict[str, str]]:
-    """Validate a chat and return plain dicts; a bare string becomes one user turn.
+@dataclass(frozen=True)
+class GenerationRow:
+    """One prompt of a batch with its own corruption (``None``: the bare model) and mask.
 
-    Every public entry point funnels through here so that the CLI, the Python API and
-    the server reject the same bad input with the same message.
+    The corruption carries its seed, so a row's noise depends on the row alone and
+    never on what it is batched with.
     """
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
-    if not isinstance(messages, Sequence) or isinstance(messages, (bytes, bytearray)):
-        raise InputError(f"{where}: expected a string or a list of {{role, content}} messages")
-    if len(messages) == 0:
-        raise InputError(f"{where}: the conversation is empty")
-    out: list[dict[str, str]] = []
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, Mapping):
-            raise InputError(f"{where}[{i}]: expected a mapping with 'role' and 'content'")
-        role, content = msg.get("role"), msg.get("content")
-        if role not in ROLES:
-            raise InputError(f"{where}[{i}].role: expected one of {', '.join(ROLES)}; got {role!r}")
-        if not isinstance(content, str):
-            raise InputError(f"{where}[{i}].content: expected a string; got {type(content).__name__}")
-        out.append({"role": str(role), "content": content})
-    if not any(m["role"] == "user" and m["content"].strip() for m in out):
-        raise InputError(f"{where}: there is no non-empty user message")
-    return out
+
+    messages: str | Messages
+    corruption: Corruption | None = None
+    mask: MaskSpec = MaskSpec()
+
+
+def bare_rows(chats: Sequence[str | Messages]) -> list[GenerationRow]:
+    """Rows that the bare model answers (no corruption), one per chat."""
+    return [GenerationRow(chat) for chat in chats]
 
 
 @runtime_checkable
@@ -95,52 +98,24 @@ class Runner(Protocol):
     name: str
     max_context: int
 
-    def generate(
-        self,
-        messages_batch: Sequence[Messages],
-        corruption: Corruption | None | Sequence[Corruption | None] = None,
-        mask_spec: MaskSpec | Sequence[MaskSpec] = MaskSpec(),
-        options: GenerationOptions = GenerationOptions(),
-    ) -> list[str]: ...
+    def generate(self, rows: Sequence[GenerationRow], options: GenerationOptions = GenerationOptions()) -> list[str]: ...
 
-    def stream(
-        self,
-        messages: Messages,
-        corruption: Corruption | None = None,
-        mask_spec: MaskSpec = MaskSpec(),
-        options: GenerationOptions = GenerationOptions(),
-    ) -> Iterator[str]: ...
+    def stream(self, row: GenerationRow, options: GenerationOptions = GenerationOptions()) -> Iterator[str]: ...
 
     def score_choices(
-        self,
-        messages: Messages,
-        choices: Sequence[str],
-        corruption: Corruption | None = None,
-        mask_spec: MaskSpec = MaskSpec(),
-        reduction: Literal["sum", "mean"] = "sum",
+        self, row: GenerationRow, choices: Sequence[str], reduction: Literal["sum", "mean"] = "sum"
     ) -> list[float]: ...
 
+    def embedding_stats(self) -> tuple[float, int]:
+        """Std and width of the embeddings the model consumes (after any scale it applies)."""
+        ...
+
     async def agenerate(
-        self,
-        messages_batch: Sequence[Messages],
-        corruption: Corruption | None | Sequence[Corruption | None] = None,
-        mask_spec: MaskSpec | Sequence[MaskSpec] = MaskSpec(),
-        options: GenerationOptions = GenerationOptions(),
+        self, rows: Sequence[GenerationRow], options: GenerationOptions = GenerationOptions()
     ) -> list[str]: ...
 
-    def astream(
-        self,
-        messages: Messages,
-        corruption: Corruption | None = None,
-        mask_spec: MaskSpec = MaskSpec(),
-        options: GenerationOptions = GenerationOptions(),
-    ) -> AsyncIterator[str]: ...
+    def astream(self, row: GenerationRow, options: GenerationOptions = GenerationOptions()) -> AsyncIterator[str]: ...
 
     async def ascore_choices(
-        self,
-        messages: Messages,
-        choices: Sequence[str],
-        corruption: Corruption | None = None,
-        mask_spec: MaskSpec = MaskSpec(),
-        reduction: Literal["sum", "mean"] = "sum",
+        self, row: GenerationRow, choices: Sequence[str], reduction: Literal["sum", "mean"] = "sum"
     ) -> list[float]: ...

@@ -68,3 +68,8 @@ class CorruptedRowsNoRepeat(LogitsProcessor):
             return sorted(set(tokens))
         prefix = tokens[-k:]
         return sorted({tokens[i + k] for i in range(len(tokens) - k) if tokens[i : i + k] == prefix})
+
+
+def loop_guard(corrupted_rows: Sequence[int], n: int) -> CorruptedRowsNoRepeat | None:
+    """The processor for one decode call, or ``None`` when no row needs it (or ``n`` is 0)."""
+    return CorruptedRowsNoRepeat(corrupted_rows, n) if corrupted_rows and n > 0 else None

@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 def warm_up(guard: "Guard") -> None:
     """Load the model and run the classifier and one token of generation once, so the
     first client does not pay seconds of lazy loading (nothing is audited)."""
-    from ..runner.base import GenerationOptions
+    from ..runner.base import GenerationOptions, GenerationRow
 
     chat = [{"role": "user", "content": "Hello"}]
     guard.decide_batch([chat])
-    guard.runner.generate([chat], None, options=GenerationOptions(max_new_tokens=1))
+    guard.runner.generate([GenerationRow(chat)], GenerationOptions(max_new_tokens=1))
 
 
 def serve(

@@ -20,7 +20,7 @@ from ..corruption import Corruption
 from ..decision import Decision
 from ..errors import InputError
 from ..guard import Guard
-from ..runner.base import GenerationOptions, MaskSpec, Runner, normalize_messages
+from ..runner.base import GenerationOptions, GenerationRow, MaskSpec, Runner, normalize_messages
 from .batcher import MicroBatcher
 from .config import ServerConfig
 from .metrics import Metrics
@@ -66,16 +66,14 @@ def generate_rows(runner: Runner, rows: Sequence[_GenRow]) -> list[tuple[str, in
     Uses the runner's token ids when it exposes them, so token counts (usage, metrics,
     benchmarks) are exact rather than re-tokenised.
     """
-    chats = [r.chat for r in rows]
-    corruptions = [r.corruption for r in rows]
-    masks = [r.mask for r in rows]
+    batch = [GenerationRow(r.chat, r.corruption, r.mask) for r in rows]
     options = rows[0].options
     generate_ids = getattr(runner, "generate_ids", None)
     tokenizer = getattr(runner, "tokenizer", None)
     if generate_ids is not None and tokenizer is not None:
-        ids = generate_ids(chats, corruptions, masks, options)
+        ids = generate_ids(batch, options)
         return [(tokenizer.decode(row, skip_special_tokens=True), len(row)) for row in ids]
-    texts = runner.generate(chats, corruptions, masks, options)
+    texts = runner.generate(batch, options)
     return [(t, count_tokens(runner, t)) for t in texts]
 
 
