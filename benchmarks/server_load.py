@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from eco_guard.server.spawn import spawn_server
+from spawn import spawn_server  # benchmarks/spawn.py, next to this file
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = [

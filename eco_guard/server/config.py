@@ -31,8 +31,8 @@ class ServerConfig:
     #: bounded by the model's context; a check has no model, and classifying costs about
     #: 0.5 ms a word on two cores, so the default bounds one request to tens of seconds.
     max_check_words: int = 50_000
-    #: the model id reported by /v1/models and in responses; None: the guard's name
-    model_name: str | None = None
+    #: /metrics asks for an API key too (when keys are configured)
+    protect_metrics: bool = False
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
