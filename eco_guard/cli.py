@@ -268,7 +268,7 @@ _SERVE_FLAGS = {
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the guards over an OpenAI-compatible HTTP API until SIGINT/SIGTERM (SIGHUP reloads)."""
-    from .server.config import ServerConfig
+    from .server.config import ServerConfig, ServeSetup
 
     try:
         from .server.registry import parse_guard_specs
@@ -295,6 +295,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         if not available():
             raise InputError("--otel: the otel extra is not installed; pip install 'eco-guard[otel]'")
+    setup = ServeSetup(
+        guards, host=args.host, port=args.port, config=config, audit_path=Path(args.audit) if args.audit else None, api_keys=api_keys,
+        allow_unauthenticated=args.allow_unauthenticated, otel=args.otel, trace_content=args.trace_content,
+    )
     if args.ray:
         try:
             from .server.ray_app import serve_ray
@@ -302,17 +306,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise InputError(f"--ray: the ray extra is not installed ({exc}); pip install 'eco-guard[ray]'") from exc
         if args.classify_replicas < 1 or args.generate_replicas < 1:
             raise InputError("--classify-replicas and --generate-replicas must be at least 1")
-        serve_ray(
-            guards, host=args.host, port=args.port, config=config, audit_path=args.audit, api_keys=api_keys,
-            allow_unauthenticated=args.allow_unauthenticated, address=args.ray_address,
-            classify_replicas=args.classify_replicas, generate_replicas=args.generate_replicas,
-            otel=args.otel, trace_content=args.trace_content,
-        )
+        serve_ray(setup, address=args.ray_address, classify_replicas=args.classify_replicas, generate_replicas=args.generate_replicas)
         return 0
-    serve(
-        guards, host=args.host, port=args.port, config=config, audit_path=args.audit, api_keys=api_keys,
-        allow_unauthenticated=args.allow_unauthenticated, otel=args.otel, trace_content=args.trace_content,
-    )
+    serve(setup)
     return 0
 
 

@@ -26,6 +26,19 @@ free_port = benchmark_module("spawn").free_port
 REFUSAL = "The refuse variant will not talk about that."
 FLAGGED = "What is the capital of France?"
 UNFLAGGED = "What is the capital of Australia?"
+#: (prompt, flagged, words one of which its answer names). The 135M model does not know
+#: every capital, but its answer names the capital or the country it was asked about,
+#: never another request's: how concurrent tests tell answers were not mixed up.
+CAPITAL_CASES: list[tuple[str, bool, tuple[str, str] | None]] = [
+    ("What is the capital of Australia?", False, ("Canberra", "Australia")),
+    ("What is the capital of France?", True, None),
+    ("What is the capital of Japan?", False, ("Tokyo", "Japan")),
+    ("Which city is the capital of France?", True, None),
+    ("What is the capital of Italy?", False, ("Rome", "Italy")),
+    ("What language do people speak in France?", True, None),
+    ("What is the capital of Germany?", False, ("Berlin", "Germany")),
+    ("Who is the president of France?", True, None),
+]
 
 
 def sha(key: str) -> str:

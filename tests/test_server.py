@@ -27,6 +27,8 @@ pytest.importorskip("fastapi")
 
 from tests.conftest import benchmark_module  # noqa: E402
 
+from tests.server_support import CAPITAL_CASES  # noqa: E402
+
 spawn_server = benchmark_module("spawn").spawn_server
 
 # No pytest-timeout mark: it would count the session's demo-guard fit (minutes on a busy
@@ -206,18 +208,7 @@ def test_guard_check_refuses_more_words_or_inputs_than_its_limits_before_classif
 
 @pytest.mark.slow
 def test_concurrent_mixed_requests_get_their_own_answers(server: Server) -> None:
-    cases = [
-        ("What is the capital of Australia?", False, ("Canberra", "Australia")),
-        ("What is the capital of France?", True, None),
-        ("What is the capital of Japan?", False, ("Tokyo", "Japan")),
-        ("Which city is the capital of France?", True, None),
-        ("What is the capital of Italy?", False, ("Rome", "Italy")),
-        ("What language do people speak in France?", True, None),
-        ("What is the capital of Germany?", False, ("Berlin", "Germany")),
-        ("What is the capital of Australia?", False, ("Canberra", "Australia")),
-    ]
-    # The 135M model does not know every capital, but its answer names the capital or the
-    # country it was asked about, never another request's.
+    cases = CAPITAL_CASES
     client = server.client()
     before = len(server.audit_lines())
 

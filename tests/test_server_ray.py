@@ -21,20 +21,11 @@ serve = pytest.importorskip("ray.serve")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
+from tests.server_support import CAPITAL_CASES as CASES  # noqa: E402
 from tests.server_support import FLAGGED, UNFLAGGED, free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-CASES = [
-    ("What is the capital of Australia?", False, ("Canberra", "Australia")),
-    ("What is the capital of France?", True, None),
-    ("What is the capital of Japan?", False, ("Tokyo", "Japan")),
-    ("Which city is the capital of France?", True, None),
-    ("What is the capital of Italy?", False, ("Rome", "Italy")),
-    ("What language do people speak in France?", True, None),
-    ("What is the capital of Germany?", False, ("Berlin", "Germany")),
-    ("Who is the president of France?", True, None),
-]
 
 
 class RayServed:

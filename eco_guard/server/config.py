@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -49,3 +51,25 @@ class ServerConfig:
             raise ValueError("max_check_inputs must be at least 1")
         if self.max_check_words < 1:
             raise ValueError("max_check_words must be at least 1")
+
+
+@dataclass(frozen=True)
+class ServeSetup:
+    """What one ``eco-guard serve`` serves, where, and to whom: shared by the plain server
+    and the Ray Serve app, so the two take the same settings the same way."""
+
+    #: served name -> fitted guard directory
+    guards: Mapping[str, Path]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    config: ServerConfig = field(default_factory=ServerConfig)
+    #: one audit file for every guard (None: each guard's policy decides)
+    audit_path: Path | None = None
+    #: the keys file (None: no file; ECO_GUARD_API_KEY may still add a key)
+    api_keys: Path | None = None
+    #: serve beyond loopback without keys (warned)
+    allow_unauthenticated: bool = False
+    #: export traces through an SDK tracer provider configured from OTEL_* variables
+    otel: bool = False
+    #: put prompts and answers in spans
+    trace_content: bool = False

@@ -41,7 +41,7 @@ from ..decision import Decision
 from ..guard import DecidedAnswer
 from ..runner.base import GenerationOptions
 from .backend import Chat, Decided
-from .config import ServerConfig
+from .config import ServerConfig, ServeSetup
 from .errors import APIError
 from .registry import GuardRegistry
 
@@ -262,41 +262,27 @@ def build_app(
     return IngressDeployment.bind(classifier, generator, specs, asdict(config), str(api_keys) if api_keys else None, trace_content, otel)
 
 
-def serve_ray(
-    guards: dict[str, Path],
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    config: ServerConfig = ServerConfig(),
-    audit_path: str | Path | None = None,
-    api_keys: Path | None = None,
-    allow_unauthenticated: bool = False,
-    address: str | None = None,
-    classify_replicas: int = 1,
-    generate_replicas: int = 1,
-    otel: bool = False,
-    trace_content: bool = False,
-) -> None:
+def serve_ray(setup: ServeSetup, *, address: str | None = None, classify_replicas: int = 1, generate_replicas: int = 1) -> None:
     """Start (or join, with ``address``) Ray, deploy, and block; SIGHUP reloads, SIGTERM stops."""
     import ray
 
     from .auth import KeyRing
     from .run import check_exposure
 
-    keys = KeyRing(api_keys, guards)  # validated here, before any Ray process starts
-    check_exposure(host, keys.enabled, allow_unauthenticated)
+    keys = KeyRing(setup.api_keys, setup.guards)  # validated here, before any Ray process starts
+    check_exposure(setup.host, keys.enabled, setup.allow_unauthenticated)
     ray.init(address=address, include_dashboard=False, ignore_reinit_error=True)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": setup.host, "port": setup.port})
 
     def deploy(generation: int) -> None:
         app = build_app(
-            guards, config=config, audit_path=audit_path, api_keys=api_keys, classify_replicas=classify_replicas,
-            generate_replicas=generate_replicas, trace_content=trace_content, otel=otel, generation=generation,
+            setup.guards, config=setup.config, audit_path=setup.audit_path, api_keys=setup.api_keys, classify_replicas=classify_replicas,
+            generate_replicas=generate_replicas, trace_content=setup.trace_content, otel=setup.otel, generation=generation,
         )
         serve.run(app, name=APP_NAME, route_prefix="/")
 
     deploy(0)
-    print(f"eco-guard serve --ray: serving {', '.join(guards)} on http://{host}:{port}/v1", file=sys.stderr, flush=True)
+    print(f"eco-guard serve --ray: serving {', '.join(setup.guards)} on http://{setup.host}:{setup.port}/v1", file=sys.stderr, flush=True)
     stop = threading.Event()
     generation = [0]
     reload_requested = threading.Event()

@@ -15,12 +15,11 @@ import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from .config import ServerConfig
+from .config import ServeSetup
 
 if TYPE_CHECKING:
     from .registry import GuardRegistry
@@ -74,20 +73,7 @@ def install_sighup(app: Any) -> None:
     loop.add_signal_handler(signal.SIGHUP, fire)
 
 
-def serve(
-    guards: Mapping[str, Path],
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    config: ServerConfig = ServerConfig(),
-    audit_path: str | Path | None = None,
-    api_keys: Path | None = None,
-    allow_unauthenticated: bool = False,
-    otel: bool = False,
-    trace_content: bool = False,
-    graceful_timeout_s: float = 30.0,
-    log_level: str = "info",
-) -> None:
+def serve(setup: ServeSetup, *, graceful_timeout_s: float = 30.0, log_level: str = "info") -> None:
     """Load the guards (one runner per base model), then serve until told to stop."""
     import uvicorn
 
@@ -98,24 +84,25 @@ def serve(
     from .service import GuardService
     from .tracing import Tracing, setup_from_environment
 
-    keys = KeyRing(api_keys, guards)
-    check_exposure(host, keys.enabled, allow_unauthenticated)
-    if otel:
+    keys = KeyRing(setup.api_keys, setup.guards)
+    check_exposure(setup.host, keys.enabled, setup.allow_unauthenticated)
+    if setup.otel:
         setup_from_environment()
-    registry = GuardRegistry(guards, audit_path=Path(audit_path) if audit_path is not None else None, progress=True)
+    registry = GuardRegistry(setup.guards, audit_path=setup.audit_path, progress=True)
     registry.load_all()
     warm_up(registry)
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s")
     metrics = Metrics()
+    config = setup.config
     app = create_app(
-        GuardService(registry, config, metrics), config, keys=keys, tracing=Tracing(content=trace_content), metrics=metrics, on_start=install_sighup
+        GuardService(registry, config, metrics), config, keys=keys, tracing=Tracing(content=setup.trace_content), metrics=metrics, on_start=install_sighup
     )
 
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=host,
-            port=port,
+            host=setup.host,
+            port=setup.port,
             log_level=log_level,
             access_log=False,
             timeout_graceful_shutdown=int(graceful_timeout_s),
