@@ -421,6 +421,15 @@ class Guard:
             out.update(zip(rows, answers))
         return [out[i] for i in range(n)]
 
+    async def aanswer_decided_batch(
+        self,
+        chats: Sequence[Messages],
+        decisions: Sequence[Decision],
+        options: GenerationOptions | Sequence[GenerationOptions] = GenerationOptions(),
+    ) -> list[DecidedAnswer]:
+        """Async twin of :meth:`answer_decided_batch` (the model runs in a worker thread)."""
+        return await asyncio.to_thread(self.answer_decided_batch, chats, decisions, options)
+
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` by the runner's tokenizer (words for a runner without one)."""
         tokenizer = getattr(self.runner, "tokenizer", None)

@@ -134,9 +134,7 @@ class GenerateDeployment(_Reloading):
             by_guard[row[0]].append(i)
         out: dict[int, DecidedAnswer] = {}
         for name, idx in by_guard.items():
-            answers = await asyncio.to_thread(
-                self._guard(name).answer_decided_batch, [rows[i][1] for i in idx], [rows[i][2] for i in idx], [rows[i][3] for i in idx]
-            )
+            answers = await self._guard(name).aanswer_decided_batch([rows[i][1] for i in idx], [rows[i][2] for i in idx], [rows[i][3] for i in idx])
             out.update(zip(idx, answers))
         return [out[i] for i in range(len(rows))]
 
