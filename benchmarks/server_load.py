@@ -234,7 +234,7 @@ def main_ray(args: argparse.Namespace) -> int:
     guard = args.guard or fit_demo_guard(work)
     levels = args.levels or [1, 8, 16]
     load_before = load_average()
-    proc, plain = spawn_server(guard, audit=work / "audit.jsonl", log=work / "serve.log", extra_args=["--max-batch-size", str(max(levels))])
+    proc, plain = spawn_server(f"guard={guard}", audit=work / "audit.jsonl", log=work / "serve.log", extra_args=["--max-batch-size", str(max(levels))])
     setups = {"plain": plain}
     audit_dirs: dict[str, Path] = {}
     sent = {name: 0 for name in ("plain", "ray-1-replica", "ray-2-replicas")}
@@ -332,7 +332,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="eco-guard-serverload-"))
     guard = args.guard or fit_demo_guard(work)
     audit = work / "audit.jsonl"
-    proc, base = spawn_server(guard, audit=audit, log=work / "serve.log", extra_args=["--max-batch-size", str(max(args.levels))])
+    proc, base = spawn_server(f"guard={guard}", audit=audit, log=work / "serve.log", extra_args=["--max-batch-size", str(max(args.levels))])
     raw: dict[int, list[dict[str, Any]]] = {c: [] for c in args.levels}
     sent = 0
     try:
