@@ -190,7 +190,7 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def start_ray_apps(guard: Path, work: Path, replicas: list[int], max_batch_size: int) -> tuple[dict[str, str], dict[str, Path]]:
+def start_ray_apps(guard: Path, work: Path, replicas: list[int], max_batch_size: int, torch_threads: int) -> tuple[dict[str, str], dict[str, Path]]:
     """One local Ray instance, one Serve application per replica count, under its own prefix."""
     import ray
     from ray import serve
@@ -207,7 +207,9 @@ def start_ray_apps(guard: Path, work: Path, replicas: list[int], max_batch_size:
         name = f"ray-{n}-replica{'s' if n > 1 else ''}"
         audit_dirs[name] = work / name
         audit_dirs[name].mkdir()
-        app = build_app({"guard": guard}, config=ServerConfig(max_batch_size=max_batch_size), audit_path=audit_dirs[name] / "audit.jsonl", generate_replicas=n)
+        app = build_app(
+            {"guard": guard}, config=ServerConfig(max_batch_size=max_batch_size), audit_path=audit_dirs[name] / "audit.jsonl", generate_replicas=n, torch_threads=torch_threads
+        )
         serve.run(app, name=name, route_prefix=f"/{name}")
         bases[name] = f"http://127.0.0.1:{port}/{name}"
     for base in bases.values():
@@ -234,13 +236,17 @@ def main_ray(args: argparse.Namespace) -> int:
     guard = args.guard or fit_demo_guard(work)
     levels = args.levels or [1, 8, 16]
     load_before = load_average()
+    # The same intra-op threads per model copy everywhere: on a shared, oversubscribed
+    # machine two torch threads spin against each other (measured at load ~23: 32 tokens in
+    # 25-38 s with 2 threads, 6 s with 1), which would measure the neighbours, not Ray.
+    os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)  # the plain server inherits it
     proc, plain = spawn_server(f"guard={guard}", audit=work / "audit.jsonl", log=work / "serve.log", extra_args=["--max-batch-size", str(max(levels))])
     setups = {"plain": plain}
     audit_dirs: dict[str, Path] = {}
     sent = {name: 0 for name in ("plain", "ray-1-replica", "ray-2-replicas")}
     raw: dict[tuple[str, int], list[dict[str, Any]]] = {}
     try:
-        ray_bases, audit_dirs = start_ray_apps(guard, work, [1, 2], max(levels))
+        ray_bases, audit_dirs = start_ray_apps(guard, work, [1, 2], max(levels), args.torch_threads)
         setups.update(ray_bases)
         for name, base in setups.items():
             sent[name] += asyncio.run(run_level(base, 2, 2, args.max_tokens, args.time_limit))["requests"]  # first-call costs
@@ -269,6 +275,7 @@ def main_ray(args: argparse.Namespace) -> int:
         "load_average_after": load_average(),
         "max_tokens": args.max_tokens,
         "repeats": args.repeats,
+        "torch_threads_per_model_copy": args.torch_threads,
         "levels": levels_out,
         "ratio_vs_plain": ratio,
         "audit": audits,
@@ -300,7 +307,8 @@ def write_ray_results(result: dict[str, Any], out: Path) -> None:
             f"`{result['command']}` on {result['machine']}; load average {result['load_average_before']} before, "
             f"{result['load_average_after']} after (1/5/15 min). {result['max_tokens']} tokens per request (`ignore_eos`), "
             "closed-loop clients over loopback HTTP, half the prompts flagged; all three servers up at once, "
-            f"levels interleaved across them {result['repeats']}x; tokens/s = all tokens / all wall time of a level.",
+            f"levels interleaved across them {result['repeats']}x; {result['torch_threads_per_model_copy']} torch thread(s) per model copy "
+            "in every server; tokens/s = all tokens / all wall time of a level.",
             "",
             "| server | clients | requests | errors | tokens/s | vs plain | p50 ms | p99 ms |",
             "|---|---|---|---|---|---|---|---|",
@@ -319,6 +327,7 @@ def main() -> int:
     ap.add_argument("--guard", type=Path, help="fitted guard directory (default: fit the demo policy)")
     ap.add_argument("--levels", type=int, nargs="+", default=None, help="default 1 4 8 16 (--ray: 1 8 16)")
     ap.add_argument("--ray", action="store_true", help="plain server vs Ray Serve with 1 and 2 generation replicas")
+    ap.add_argument("--torch-threads", type=int, default=1, help="--ray: torch threads per model copy, the same for every server")
     ap.add_argument("--rounds", type=int, default=2, help="requests per level and repeat = rounds x clients (at least 4)")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repetitions of the whole sequence of levels")
     ap.add_argument("--max-tokens", type=int, default=32)
