@@ -243,8 +243,16 @@ def build_app(
     trace_content: bool = False,
     otel: bool = False,
     generation: int = 0,
+    generate_wait_s: float = 0.1,
 ) -> Any:
-    """The bound Serve application (``serve.run`` it); ``generation`` changes to reload."""
+    """The bound Serve application (``serve.run`` it); ``generation`` changes to reload.
+
+    ``generate_wait_s`` is how long a generation batch waits for companions after its first
+    row. The plain server's batcher knows which requests are still being classified and
+    waits for them (up to 250 ms); a Serve batch cannot see the classifier's queue, so it
+    waits a fixed 100 ms by default: closed-loop clients that resend together arrive
+    within it and share one generate instead of splitting into several.
+    """
     from dataclasses import asdict
 
     specs = {name: str(Path(d).resolve()) for name, d in guards.items()}
@@ -255,7 +263,7 @@ def build_app(
         specs, str(Path(audit_path).resolve()) if audit_path else None, config.max_batch_size, window
     )
     generator = GenerateDeployment.options(num_replicas=generate_replicas, user_config=user_config).bind(
-        specs, config.max_batch_size, window, threads
+        specs, config.max_batch_size, max(window, generate_wait_s), threads
     )
     return IngressDeployment.bind(classifier, generator, specs, asdict(config), str(api_keys) if api_keys else None, trace_content, otel)
 
