@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.eco-guard-installed
-EXTRAS := dev,server,langchain,llamaindex
+EXTRAS := dev,server,langchain,llamaindex,otel,ray
 
 .PHONY: install demo test test-fast bench clean
 

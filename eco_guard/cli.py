@@ -222,19 +222,48 @@ _SERVE_FLAGS = {
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve the guard over an OpenAI-compatible HTTP API until SIGINT/SIGTERM."""
-    from .server.config import ServerConfig
+    """Serve the guards over an OpenAI-compatible HTTP API until SIGINT/SIGTERM (SIGHUP reloads)."""
+    from .server.config import ServerConfig, ServeSetup
 
     try:
+        from .server.registry import parse_guard_specs
         from .server.run import serve
     except ImportError as exc:
         raise InputError(f"serve: the server extra is not installed ({exc}); pip install 'eco-guard[server]'") from exc
     try:
-        config = ServerConfig(**{field: getattr(args, flag[2:].replace("-", "_")) for field, flag in _SERVE_FLAGS.items()})
+        config = ServerConfig(
+            **{field: getattr(args, flag[2:].replace("-", "_")) for field, flag in _SERVE_FLAGS.items()},
+            protect_metrics=args.protect_metrics,
+        )
     except ValueError as exc:
         field, _, rest = str(exc).partition(" ")
         raise InputError(f"{_SERVE_FLAGS.get(field, field)} {rest}") from exc
-    serve(args.guard, host=args.host, port=args.port, config=config, audit_path=args.audit)
+    guards = parse_guard_specs(args.guard)
+    for name, directory in guards.items():
+        if not directory.is_dir():
+            raise InputError(f"--guard {name}={directory}: not a directory (expected one written by `eco-guard fit`)")
+    api_keys = Path(args.api_keys) if args.api_keys else None
+    if args.trace_content and not args.otel:
+        raise InputError("--trace-content: only meaningful with --otel")
+    if args.otel:
+        from .server.tracing import available
+
+        if not available():
+            raise InputError("--otel: the otel extra is not installed; pip install 'eco-guard[otel]'")
+    setup = ServeSetup(
+        guards, host=args.host, port=args.port, config=config, audit_path=Path(args.audit) if args.audit else None, api_keys=api_keys,
+        allow_unauthenticated=args.allow_unauthenticated, otel=args.otel, trace_content=args.trace_content,
+    )
+    if args.ray:
+        try:
+            from .server.ray_app import serve_ray
+        except ImportError as exc:
+            raise InputError(f"--ray: the ray extra is not installed ({exc}); pip install 'eco-guard[ray]'") from exc
+        if args.classify_replicas < 1 or args.generate_replicas < 1:
+            raise InputError("--classify-replicas and --generate-replicas must be at least 1")
+        serve_ray(setup, address=args.ray_address, classify_replicas=args.classify_replicas, generate_replicas=args.generate_replicas)
+        return 0
+    serve(setup)
     return 0
 
 
@@ -323,8 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .server.config import ServerConfig  # plain dataclass: no server extra needed to parse
 
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with the guard in front")
-    guard_arg(p)
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with the guard(s) in front")
+    p.add_argument(
+        "--guard", action="append", required=True, metavar="[NAME=]DIR",
+        help="a fitted guard directory, served as model NAME (default: the directory's name); repeat for several guards",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--audit", help="audit JSONL file (default: the policy's audit.path)")
@@ -338,6 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-check-words", type=int, default=ServerConfig.max_check_words,
         help="most words one /v1/guard/check request may classify (each input's last user turn); more gets 400",
     )
+    p.add_argument("--api-keys", metavar="FILE", help="YAML keys file: keys: [{name, key_sha256, guards: [NAME, ...]}]; clients send 'Authorization: Bearer <key>'")
+    p.add_argument("--allow-unauthenticated", action="store_true", help="allow a non-loopback --host without API keys (prints a warning)")
+    p.add_argument("--protect-metrics", action="store_true", help="/metrics needs an API key too")
+    p.add_argument("--otel", action="store_true", help="export OpenTelemetry traces (otel extra; OTLP when its exporter is installed, else stderr)")
+    p.add_argument("--trace-content", action="store_true", help="put prompts and answers in spans (off by default)")
+    p.add_argument("--ray", action="store_true", help="serve the same routes on Ray Serve (ray extra)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray instance)")
+    p.add_argument("--classify-replicas", type=int, default=1, help="--ray: replicas of the classification deployment")
+    p.add_argument("--generate-replicas", type=int, default=1, help="--ray: replicas of the generation deployment")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="efficacy of a guard: recall/accuracy with the guard on and off, flags, fluency")

@@ -100,6 +100,14 @@ class AsyncGuardedStream:
             await aclose()
 
 
+@dataclass(frozen=True)
+class DecidedAnswer:
+    """One generated answer of :meth:`Guard.answer_decided_batch`, with its exact new-token count."""
+
+    text: str
+    completion_tokens: int
+
+
 class Guard:
     """A fitted guard: classifier, per-target rules, a (lazily loaded) runner and an audit sink."""
 
@@ -370,6 +378,76 @@ class Guard:
         if not route.generates:
             return None
         return self.runner.score_choices(route.row(normalize_messages(prompt)), list(choices), reduction=reduction)
+
+    def answer_decided_batch(
+        self,
+        chats: Sequence[Messages],
+        decisions: Sequence[Decision],
+        options: GenerationOptions | Sequence[GenerationOptions] = GenerationOptions(),
+    ) -> list[DecidedAnswer]:
+        """Batched twin of :meth:`answer_decided`, each row with its own decision and options.
+
+        For callers that batch requests themselves (the HTTP server's micro-batcher, a Ray
+        Serve replica): rows sharing options run as one batched generate; refusals never
+        reach the model. Token counts come from the runner's token ids when it has them,
+        so usage figures are exact rather than re-tokenised.
+        """
+        n = len(chats)
+        if len(decisions) != n:
+            raise ValueError(f"{n} chats but {len(decisions)} decisions")
+        per_row = [options] * n if isinstance(options, GenerationOptions) else list(options)
+        if len(per_row) != n:
+            raise ValueError(f"{n} chats but {len(per_row)} options")
+        out: dict[int, DecidedAnswer] = {}
+        groups: dict[GenerationOptions, list[int]] = {}
+        routes = [self.route(d) for d in decisions]
+        for i, route in enumerate(routes):
+            if route.refusal is not None:
+                out[i] = DecidedAnswer(route.refusal, self.count_tokens(route.refusal))
+            else:
+                groups.setdefault(per_row[i], []).append(i)
+        runner = self.runner if groups else None
+        for group_options, rows in groups.items():
+            batch = [routes[i].row(chats[i]) for i in rows]
+            generate_ids = getattr(runner, "generate_ids", None)
+            tokenizer = getattr(runner, "tokenizer", None)
+            if generate_ids is not None and tokenizer is not None:
+                ids = generate_ids(batch, group_options)
+                answers = [DecidedAnswer(tokenizer.decode(row, skip_special_tokens=True), len(row)) for row in ids]
+            else:
+                answers = [DecidedAnswer(text, self.count_tokens(text)) for text in runner.generate(batch, group_options)]  # type: ignore[union-attr]
+            out.update(zip(rows, answers))
+        return [out[i] for i in range(n)]
+
+    async def aanswer_decided_batch(
+        self,
+        chats: Sequence[Messages],
+        decisions: Sequence[Decision],
+        options: GenerationOptions | Sequence[GenerationOptions] = GenerationOptions(),
+    ) -> list[DecidedAnswer]:
+        """Async twin of :meth:`answer_decided_batch` (the model runs in a worker thread)."""
+        return await asyncio.to_thread(self.answer_decided_batch, chats, decisions, options)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` by the runner's tokenizer (words for a runner without one)."""
+        tokenizer = getattr(self.runner, "tokenizer", None)
+        if tokenizer is None:
+            return len(text.split())
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_tokens(self, chat: Messages, options: GenerationOptions = GenerationOptions()) -> int:
+        """Templated prompt tokens of ``chat``; raises :class:`InputError` when the prompt and
+        ``options.max_new_tokens`` together exceed the model's context. Lets a server refuse
+        a request before it is decided, audited or batched."""
+        prepare = getattr(self.runner, "prepare", None)
+        n = len(prepare(chat).input_ids) if prepare is not None else 0
+        limit = self.runner.max_context
+        if n + options.max_new_tokens > limit:
+            raise InputError(
+                f"messages: the prompt is {n} tokens and {options.max_new_tokens} new tokens were asked for, "
+                f"but the model's context is {limit} tokens; shorten the prompt or lower max_tokens"
+            )
+        return n
 
     def stream_decided(
         self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()

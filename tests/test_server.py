@@ -25,7 +25,11 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from eco_guard.server.spawn import spawn_server  # noqa: E402 - after the extra's importorskip
+from tests.conftest import benchmark_module  # noqa: E402
+
+from tests.server_support import CAPITAL_CASES  # noqa: E402
+
+spawn_server = benchmark_module("spawn").spawn_server
 
 # No pytest-timeout mark: it would count the session's demo-guard fit (minutes on a busy
 # machine) against the first test. Every wait below has its own bound instead.
@@ -76,7 +80,7 @@ def test_models_and_health(server: Server) -> None:
     models = server.client().models.list()
     assert [m.id for m in models.data] == ["guard"]
     health = httpx.get(f"{server.base}/healthz", timeout=60).json()
-    assert health["status"] == "ok" and health["targets"] == ["france"]
+    assert health["status"] == "ok" and health["guards"]["guard"]["targets"] == ["france"]
 
 
 @pytest.mark.slow
@@ -204,18 +208,7 @@ def test_guard_check_refuses_more_words_or_inputs_than_its_limits_before_classif
 
 @pytest.mark.slow
 def test_concurrent_mixed_requests_get_their_own_answers(server: Server) -> None:
-    cases = [
-        ("What is the capital of Australia?", False, ("Canberra", "Australia")),
-        ("What is the capital of France?", True, None),
-        ("What is the capital of Japan?", False, ("Tokyo", "Japan")),
-        ("Which city is the capital of France?", True, None),
-        ("What is the capital of Italy?", False, ("Rome", "Italy")),
-        ("What language do people speak in France?", True, None),
-        ("What is the capital of Germany?", False, ("Berlin", "Germany")),
-        ("What is the capital of Australia?", False, ("Canberra", "Australia")),
-    ]
-    # The 135M model does not know every capital, but its answer names the capital or the
-    # country it was asked about, never another request's.
+    cases = CAPITAL_CASES
     client = server.client()
     before = len(server.audit_lines())
 
@@ -291,7 +284,9 @@ def test_timeout_504_and_sigkill_leaves_a_clean_audit(demo_guard_dir: Path, tmp_
         threads = [threading.Thread(target=hammer, args=(i,)) for i in range(24)]
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60  # kill once decisions are flowing (a busy machine takes longer than 1 s)
+        while len(s.audit_lines()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
         os.kill(s.proc.pid, signal.SIGKILL)
         for t in threads:
             t.join(60)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,8 @@ class ServerConfig:
     #: bounded by the model's context; a check has no model, and classifying costs about
     #: 0.5 ms a word on two cores, so the default bounds one request to tens of seconds.
     max_check_words: int = 50_000
-    #: the model id reported by /v1/models and in responses; None: the guard's name
-    model_name: str | None = None
+    #: /metrics asks for an API key too (when keys are configured)
+    protect_metrics: bool = False
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
@@ -49,3 +51,25 @@ class ServerConfig:
             raise ValueError("max_check_inputs must be at least 1")
         if self.max_check_words < 1:
             raise ValueError("max_check_words must be at least 1")
+
+
+@dataclass(frozen=True)
+class ServeSetup:
+    """What one ``eco-guard serve`` serves, where, and to whom: shared by the plain server
+    and the Ray Serve app, so the two take the same settings the same way."""
+
+    #: served name -> fitted guard directory
+    guards: Mapping[str, Path]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    config: ServerConfig = field(default_factory=ServerConfig)
+    #: one audit file for every guard (None: each guard's policy decides)
+    audit_path: Path | None = None
+    #: the keys file (None: no file; ECO_GUARD_API_KEY may still add a key)
+    api_keys: Path | None = None
+    #: serve beyond loopback without keys (warned)
+    allow_unauthenticated: bool = False
+    #: export traces through an SDK tracer provider configured from OTEL_* variables
+    otel: bool = False
+    #: put prompts and answers in spans
+    trace_content: bool = False

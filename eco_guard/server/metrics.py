@@ -28,9 +28,16 @@ class Metrics:
         self.completion_tokens = Counter("eco_guard_completion_tokens", "generated tokens", registry=r)
         self.batch_size = Histogram("eco_guard_batch_size", "rows per batched call", ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.in_flight = Gauge("eco_guard_in_flight_requests", "requests being served now", registry=r)
+        self.guard_decisions = Counter(
+            "eco_guard_guard_decisions", "decisions by guard, API key name ('' = no keys) and action", ["guard", "key", "action"], registry=r
+        )
+        self.refused = Counter("eco_guard_auth_refused", "requests refused by authentication (401) or authorisation (403)", ["status"], registry=r)
+        self.reloads = Counter("eco_guard_reloads", "guard reloads by guard and outcome (reloaded, unchanged, failed)", ["guard", "outcome"], registry=r)
+        self.reload_failing = Gauge("eco_guard_reload_failing", "1 while a guard's last reload failed and its old version serves", ["guard"], registry=r)
 
-    def observe_decision(self, action: str, target: str | None) -> None:
+    def observe_decision(self, action: str, target: str | None, *, guard: str = "", key: str | None = None) -> None:
         self.decisions.labels(action=action, target=target or "").inc()
+        self.guard_decisions.labels(guard=guard, key=key or "", action=action).inc()
         if target is not None:
             self.flagged.labels(target=target).inc()
 

@@ -1,60 +1,108 @@
 """Run the server on uvicorn (``eco-guard serve``).
 
 Shutdown is graceful: on SIGTERM/SIGINT uvicorn stops accepting connections and waits for
-in-flight requests, then the app's lifespan drains both batchers, and only then is the
-audit file closed, so no accepted request loses its answer or its audit line.
+in-flight requests, then the app's lifespan drains both batchers, and only then are the
+audit files closed, so no accepted request loses its answer or its audit line.
+
+SIGHUP reloads every changed guard directory (and the keys file) without dropping a
+request; see :meth:`~eco_guard.server.registry.GuardRegistry.reload`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
+import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .config import ServerConfig
+from ..errors import InputError
+from .config import ServeSetup
 
 if TYPE_CHECKING:
-    from ..guard import Guard
+    from .registry import GuardRegistry
+
+log = logging.getLogger("eco_guard.server")
 
 
-def warm_up(guard: "Guard") -> None:
-    """Load the model and run the classifier and one token of generation once, so the
-    first client does not pay seconds of lazy loading (nothing is audited)."""
-    from ..runner.base import GenerationOptions, GenerationRow
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, keys_enabled: bool, allow_unauthenticated: bool) -> None:
+    """Loopback is the default bind; anything else without keys needs an explicit flag."""
+    if is_loopback(host) or keys_enabled:
+        return
+    if not allow_unauthenticated:
+        raise InputError(
+            f"--host {host}: serving beyond loopback without API keys would let anyone who reaches the port use the guard; "
+            "give --api-keys FILE (or set ECO_GUARD_API_KEY), or pass --allow-unauthenticated to do it anyway"
+        )
+    print(f"eco-guard serve: WARNING: serving on {host} WITHOUT authentication (--allow-unauthenticated)", file=sys.stderr, flush=True)
+
+
+def warm_up(registry: "GuardRegistry") -> None:
+    """Run each guard's classifier and one token of generation once, so the first client
+    does not pay seconds of lazy loading (nothing is audited)."""
+    from ..runner.base import GenerationOptions
 
     chat = [{"role": "user", "content": "Hello"}]
-    guard.decide_batch([chat])
-    guard.runner.generate([GenerationRow(chat)], GenerationOptions(max_new_tokens=1))
+    for entry in registry.entries():
+        decisions = entry.guard.decide_batch([chat])
+        entry.guard.answer_decided_batch([chat], decisions, GenerationOptions(max_new_tokens=1))
 
 
-def serve(
-    guard_dir: str | Path,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    config: ServerConfig = ServerConfig(),
-    audit_path: str | Path | None = None,
-    graceful_timeout_s: float = 30.0,
-    log_level: str = "info",
-) -> None:
-    """Load the guard and its runner, then serve until told to stop."""
+def install_sighup(app: Any) -> None:
+    """SIGHUP -> the app's reload (guards and keys), logged; called on the running loop."""
+    loop = asyncio.get_running_loop()
+
+    def fire() -> None:
+        async def run() -> None:
+            report = await app.state.reload()
+            log.warning("SIGHUP reload: %s", report)
+
+        loop.create_task(run())
+
+    loop.add_signal_handler(signal.SIGHUP, fire)
+
+
+def serve(setup: ServeSetup, *, graceful_timeout_s: float = 30.0, log_level: str = "info") -> None:
+    """Load the guards (one runner per base model), then serve until told to stop."""
     import uvicorn
 
-    from ..audit import JsonlAudit
-    from ..guard import Guard
     from .app import create_app
+    from .auth import KeyRing
+    from .metrics import Metrics
+    from .registry import GuardRegistry
+    from .service import GuardService
+    from .tracing import Tracing, setup_from_environment
 
-    audit = JsonlAudit(Path(audit_path)) if audit_path is not None else True
-    guard = Guard.load(guard_dir, audit=audit, progress=True)
-    warm_up(guard)
+    keys = KeyRing(setup.api_keys, setup.guards)
+    check_exposure(setup.host, keys.enabled, setup.allow_unauthenticated)
+    if setup.otel:
+        setup_from_environment()
+    registry = GuardRegistry(setup.guards, audit_path=setup.audit_path, progress=True)
+    registry.load_all()
+    warm_up(registry)
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s")
-    app = create_app(guard, config)
+    metrics = Metrics()
+    config = setup.config
+    app = create_app(
+        GuardService(registry, config, metrics), config, keys=keys, tracing=Tracing(content=setup.trace_content), metrics=metrics, on_start=install_sighup
+    )
+
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=host,
-            port=port,
+            host=setup.host,
+            port=setup.port,
             log_level=log_level,
             access_log=False,
             timeout_graceful_shutdown=int(graceful_timeout_s),
@@ -64,4 +112,4 @@ def serve(
     try:
         server.run()
     finally:
-        guard.close()
+        registry.close()

@@ -63,4 +63,6 @@ class GuardCheckRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
+    #: the guard to check with (optional when the server serves one guard)
+    model: str | None = None
     input: str | list[str | list[ChatMessage]] = Field(description="texts or chats to classify")

@@ -1,97 +1,85 @@
-"""The guard behind the HTTP layer: validate, decide (batched), audit, generate (batched).
+"""The in-process backend: the served guards behind two micro-batchers.
 
-Two micro-batchers run side by side: one classifies (cheap, so a request's decision and
-audit line never wait behind a long generation), one generates. Streams share the
-classifier batcher and then stream from the runner directly, token by token.
+One batcher classifies (cheap, so a request's decision and audit line never wait behind a
+long generation), one generates. Streams share the classifier batcher and then stream
+from the guard directly, token by token. Every stage calls :class:`~eco_guard.guard.Guard`
+(``decide_batch``, ``answer_decided_batch``, ``astream_decided``, ``prompt_tokens``,
+``count_tokens``); none touches a runner.
 
 Audit rule: a request's audit line is written in the classifier stage, as soon as its
 decision exists and before any answer is produced, so a response can never reach a
 client without its line already on disk (one ``os.write``: never torn).
+
+Batches never mix guards (each row is decided and answered by the guard its request was
+admitted to), and a generate batch never mixes decoding options.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..corruption import Corruption
 from ..decision import Decision
-from ..errors import InputError
-from ..guard import Guard
-from ..runner.base import GenerationOptions, GenerationRow, MaskSpec, Runner, normalize_messages
+from ..guard import DecidedAnswer
+from ..runner.base import GenerationOptions
+from .backend import Chat, Decided
 from .batcher import MicroBatcher
 from .config import ServerConfig
 from .metrics import Metrics
-
-Chat = list[dict[str, str]]
+from .registry import GuardEntry, GuardRegistry
 
 
 @dataclass(frozen=True)
-class ChatJob:
-    """A validated chat request, ready for the guard."""
-
+class _DecideRow:
+    entry: GuardEntry
     chat: Chat
-    options: GenerationOptions
-    prompt_tokens: int
+    kind: str
+    key: str | None
 
 
 @dataclass(frozen=True)
-class Answer:
-    text: str
-    completion_tokens: int
+class _AnswerRow:
+    entry: GuardEntry
+    chat: Chat
     decision: Decision
-
-
-@dataclass(frozen=True)
-class _GenRow:
-    chat: Chat
-    corruption: Corruption | None
-    mask: MaskSpec
     options: GenerationOptions
 
 
-def count_tokens(runner: Runner, text: str) -> int:
-    """Tokens in ``text`` by the runner's tokenizer (a word count for runners without one)."""
-    tokenizer = getattr(runner, "tokenizer", None)
-    if tokenizer is None:
-        return len(text.split())
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+def decide_and_audit(entry: GuardEntry, chats: list[Chat], kinds: list[str], keys: list[str | None], **extra: Any) -> list[Decided]:
+    """Decide chats with one guard and write each one's audit line (naming the guard, its
+    version and the caller's key name); shared by this backend and the Ray replicas."""
+    decisions = entry.guard.decide_batch(chats)
+    for decision, chat, kind, key in zip(decisions, chats, kinds, keys):
+        fields: dict[str, Any] = {"kind": kind, "guard": entry.name, "guard_version": entry.version, **extra}
+        if key is not None:
+            fields["key"] = key
+        entry.guard.audit.record(decision, chat, **fields)
+    return [Decided(d, entry.name, entry.version) for d in decisions]
 
 
-def generate_rows(runner: Runner, rows: Sequence[_GenRow]) -> list[tuple[str, int]]:
-    """One batched generate, each row with its own corruption; ``(text, new tokens)`` per row.
+def _decide(rows: list[_DecideRow]) -> list[Decided]:
+    # one guard per batch (the batcher's key)
+    return decide_and_audit(rows[0].entry, [r.chat for r in rows], [r.kind for r in rows], [r.key for r in rows])
 
-    Uses the runner's token ids when it exposes them, so token counts (usage, metrics,
-    benchmarks) are exact rather than re-tokenised.
-    """
-    batch = [GenerationRow(r.chat, r.corruption, r.mask) for r in rows]
-    options = rows[0].options
-    generate_ids = getattr(runner, "generate_ids", None)
-    tokenizer = getattr(runner, "tokenizer", None)
-    if generate_ids is not None and tokenizer is not None:
-        ids = generate_ids(batch, options)
-        return [(tokenizer.decode(row, skip_special_tokens=True), len(row)) for row in ids]
-    texts = runner.generate(batch, options)
-    return [(t, count_tokens(runner, t)) for t in texts]
+
+def _answer(rows: list[_AnswerRow]) -> list[DecidedAnswer]:
+    return rows[0].entry.guard.answer_decided_batch([r.chat for r in rows], [r.decision for r in rows], rows[0].options)
 
 
 class GuardService:
-    """Owns the batchers; one per app, started and drained by the app's lifespan."""
+    """The :class:`~eco_guard.server.backend.Backend` of ``eco-guard serve``."""
 
-    def __init__(self, guard: Guard, config: ServerConfig, metrics: Metrics) -> None:
-        self.guard = guard
+    def __init__(self, registry: GuardRegistry, config: ServerConfig, metrics: Metrics) -> None:
+        self.registry = registry
         self.config = config
         self.metrics = metrics
-        self._decider: MicroBatcher[tuple[Chat, str], Decision] | None = None
-        self._generator: MicroBatcher[_GenRow, tuple[str, int]] | None = None
+        self._decider: MicroBatcher[_DecideRow, Decided] | None = None
+        self._generator: MicroBatcher[_AnswerRow, DecidedAnswer] | None = None
         #: non-streaming requests accepted but not yet handed to the generate batcher
         self._classifying = 0
-
-    @property
-    def runner(self) -> Runner:
-        return self.guard.runner
+        self._reload_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -99,17 +87,18 @@ class GuardService:
         """Create the batchers on the running loop."""
         window = self.config.batch_window_ms / 1000.0
         self._decider = MicroBatcher(
-            self._decide,
+            _decide,
             window_s=window,
             max_size=max(self.config.max_batch_size, 64),
+            key=lambda row: id(row.entry),
             on_batch=lambda n: self.metrics.batch_size.labels(stage="classify").observe(n),
             name="eco-guard-classify",
         )
         self._generator = MicroBatcher(
-            lambda rows: generate_rows(self.runner, rows),
+            _answer,
             window_s=window,
             max_size=self.config.max_batch_size,
-            key=lambda row: row.options,
+            key=lambda row: (id(row.entry), row.options),
             on_batch=lambda n: self.metrics.batch_size.labels(stage="generate").observe(n),
             incoming=lambda: self._classifying,
             name="eco-guard-generate",
@@ -124,59 +113,52 @@ class GuardService:
         if self._generator is not None:
             await self._generator.close()
 
-    # ------------------------------------------------------------------ stages
+    # ------------------------------------------------------------------ the Backend protocol
 
-    def _decide(self, items: list[tuple[Chat, str]]) -> list[Decision]:
-        decisions = self.guard.decide_batch([chat for chat, _ in items])
-        for decision, (chat, kind) in zip(decisions, items):
-            self.guard.audit.record(decision, chat, kind=kind)
-        return decisions
+    def names(self) -> list[str]:
+        return self.registry.names
 
-    def validate_chat(self, messages: Any, *, max_tokens: int | None, temperature: float | None, top_p: float | None, ignore_eos: bool) -> ChatJob:
-        """Everything that can be wrong with a request, found before it joins a batch."""
-        chat = normalize_messages(messages)
-        options = GenerationOptions(
-            max_new_tokens=max_tokens or self.config.default_max_tokens,
-            temperature=float(temperature or 0.0),
-            top_p=float(top_p if top_p is not None else 1.0),
-            ignore_eos=ignore_eos,
-        )
-        prepare = getattr(self.runner, "prepare", None)
-        prompt_tokens = len(prepare(chat).input_ids) if prepare is not None else 0
-        limit = self.runner.max_context
-        if prompt_tokens + options.max_new_tokens > limit:
-            raise InputError(
-                f"messages: the prompt is {prompt_tokens} tokens and {options.max_new_tokens} new tokens were asked for, "
-                f"but the model's context is {limit} tokens; shorten the prompt or lower max_tokens"
-            )
-        return ChatJob(chat, options, prompt_tokens)
+    def pin(self, guard: str) -> GuardEntry | None:
+        return self.registry.get(guard)
 
-    async def decide(self, chat: Chat, kind: str) -> Decision:
+    def health(self) -> dict[str, Any]:
+        return {
+            e.name: {"version": e.version, "targets": e.guard.target_ids, "reload_error": self.registry.errors.get(e.name)}
+            for e in self.registry.entries()
+        }
+
+    async def prompt_tokens(self, ticket: GuardEntry, chat: Chat, options: GenerationOptions) -> int:
+        return ticket.guard.prompt_tokens(chat, options)
+
+    async def decide(self, ticket: GuardEntry, chats: list[Chat], kind: str, key: str | None) -> list[Decided]:
         assert self._decider is not None, "service not started"
-        decision = await self._decider.submit((chat, kind))
-        self.metrics.observe_decision(decision.action, decision.target)
-        return decision
-
-    async def complete(self, job: ChatJob) -> Answer:
-        """Decide, then answer through the generate batcher (or with the refusal text)."""
-        assert self._generator is not None, "service not started"
-        self._classifying += 1
+        answering = len(chats) if kind == "chat" else 0  # the generate batcher waits for these
+        self._classifying += answering
         try:
-            decision = await self.decide(job.chat, "chat")
+            decided = await asyncio.gather(*(self._decider.submit(_DecideRow(ticket, chat, kind, key)) for chat in chats))
         finally:
-            self._classifying -= 1
-        corruption, mask, refusal = self.guard.route(decision)
-        if refusal is not None:
-            return Answer(refusal, count_tokens(self.runner, refusal), decision)
-        text, n_tokens = await self._generator.submit(_GenRow(job.chat, corruption, mask, job.options))
-        return Answer(text, n_tokens, decision)
+            self._classifying -= answering
+        for d in decided:
+            self.metrics.observe_decision(d.decision.action, d.decision.target, guard=d.guard, key=key)
+        return list(decided)
 
-    async def stream(self, job: ChatJob) -> tuple[Decision, AsyncIterator[str]]:
-        """Decide, then stream the answer piece by piece (bypassing the generate batcher)."""
-        decision = await self.decide(job.chat, "stream")
-        return decision, self.guard.astream_decided(job.chat, decision, job.options)
+    async def answer(self, ticket: GuardEntry, chat: Chat, decided: Decided, options: GenerationOptions) -> DecidedAnswer:
+        assert self._generator is not None, "service not started"
+        if decided.decision.action == "refuse":  # no model: skip the batch
+            return ticket.guard.answer_decided_batch([chat], [decided.decision], options)[0]
+        return await self._generator.submit(_AnswerRow(ticket, chat, decided.decision, options))
 
-    async def check(self, chats: list[Chat]) -> list[Decision]:
-        """Decisions only; all inputs of the request join the classifier batch together."""
-        decisions = await asyncio.gather(*(self.decide(chat, "check") for chat in chats))
-        return list(decisions)
+    def stream(self, ticket: GuardEntry, chat: Chat, decided: Decided, options: GenerationOptions) -> AsyncIterator[str]:
+        return ticket.guard.astream_decided(chat, decided.decision, options)
+
+    async def count_tokens(self, ticket: GuardEntry, text: str) -> int:
+        return ticket.guard.count_tokens(text)
+
+    async def reload(self) -> dict[str, dict[str, Any]]:
+        """Reload off the event loop (loading takes seconds); one reload at a time."""
+        async with self._reload_lock:
+            report = await asyncio.to_thread(self.registry.reload)
+        for name, outcome in report.items():
+            self.metrics.reloads.labels(guard=name, outcome=outcome["status"]).inc()
+            self.metrics.reload_failing.labels(guard=name).set(1 if outcome["status"] == "failed" else 0)
+        return report

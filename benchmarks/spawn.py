@@ -1,6 +1,7 @@
 """Start ``eco-guard serve`` as a child process and wait until it answers.
 
-Tests and the load benchmark need a real server process (a real socket, a real
+Lives with the benchmarks (tests import it through ``tests.conftest.benchmark_module``),
+not in the package: it is test and benchmark plumbing. Tests and the load benchmark need a real server process (a real socket, a real
 SIGTERM/SIGKILL) on a free loopback port; this is the one place that knows how.
 """
 
@@ -22,7 +23,7 @@ def free_port() -> int:
 
 
 def spawn_server(
-    guard_dir: Path,
+    guard_dir: Path | str | Sequence[Path | str],
     *,
     audit: Path,
     log: Path,
@@ -31,12 +32,15 @@ def spawn_server(
     startup_timeout_s: float = 300.0,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Run ``eco-guard serve`` (stderr to ``log``) and return ``(process, base_url)`` once
-    ``/healthz`` says ok; raise ``RuntimeError`` with the log's tail if it never does."""
+    ``/healthz`` says ok; raise ``RuntimeError`` with the log's tail if it never does.
+
+    ``guard_dir`` is one ``--guard`` value (``DIR`` or ``NAME=DIR``) or a list of them."""
     import httpx
 
     port = port or free_port()
     exe = Path(sys.executable).with_name("eco-guard")
-    cmd = [str(exe), "serve", "--guard", str(guard_dir), "--port", str(port), "--audit", str(audit), *extra_args]
+    specs = [guard_dir] if isinstance(guard_dir, (str, Path)) else list(guard_dir)
+    cmd = [str(exe), "serve", *(a for g in specs for a in ("--guard", str(g))), "--port", str(port), "--audit", str(audit), *extra_args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + startup_timeout_s
