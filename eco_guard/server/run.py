@@ -15,7 +15,6 @@ import ipaddress
 import logging
 import signal
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
