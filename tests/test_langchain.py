@@ -222,7 +222,7 @@ async def test_router_16_concurrent_ainvokes_match_their_inputs(guard: Any) -> N
     def echo(value: Any) -> AIMessage:
         return AIMessage(content=f"echo:{value}")
 
-    router = EcoGuardRouter(guard=guard, downstream=RunnableLambda(echo), eco_model=eco)
+    router = EcoGuardRouter(guard=guard, downstream=RunnableLambda(echo), eco_model=eco, output="message")
     countries = ["Australia", "Japan", "Germany", "Brazil", "Canada", "Kenya", "Chile", "Norway"]
     prompts = []
     for i, country in enumerate(countries):
