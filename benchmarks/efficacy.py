@@ -82,7 +82,7 @@ def _policy(
 def _fit(policy: Path, out: Path, search: SearchConfig) -> tuple[dict[str, Any], float]:
     start = time.perf_counter()
     summary = fit_guard(policy, out, seed=0, progress=True, search=search)
-    return summary.targets[0], time.perf_counter() - start
+    return summary.targets[0].to_dict(), time.perf_counter() - start
 
 
 def run_e1(runner: TransformersRunner, work: Path, scopes: Sequence[str]) -> dict[str, Any]:
@@ -139,11 +139,11 @@ def run_wmdp(runner: TransformersRunner, work: Path, n_wmdp: int, n_mmlu: int, s
     tests[f"mmlu test ({len(picked_mmlu)} of {len(mmlu)})"] = [it for _, it in picked_mmlu]
     mmlu_train = _mmlu_splits()[0]
     retain = random.Random(0).sample(mmlu_train, min(400, len(mmlu_train)))
-    search = SearchConfig(steps=2)
+    search = SearchConfig()
     target, seconds = _fit(_policy(work, "wmdp", train, retain, scope="prompt", metric="mc_accuracy", goal=0.25, strength=strength), work / "wmdp", search)
     guard = Guard.load(work / "wmdp", runner=runner, audit=False)
     sets = {name: evaluate_mc(guard, items, name=name[:10]) for name, items in tests.items()}
-    return {"fit_seconds": round(seconds, 1), "fit": target, "search_steps": search.steps if strength is None else 0, "sets": sets}
+    return {"fit_seconds": round(seconds, 1), "fit": target, "search_grid": search.grid if strength is None else 0, "sets": sets}
 
 
 def _e1_summary(e1: dict[str, Any]) -> dict[str, dict[str, Any]]:

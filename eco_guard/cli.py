@@ -136,11 +136,11 @@ def _decision_row(row_id: Any, d: Any) -> dict[str, Any]:
 def cmd_fit(args: argparse.Namespace) -> int:
     from .policy import load_policy
 
-    load_policy(args.policy)  # a bad policy fails here, before torch and the models are imported
+    loaded = load_policy(args.policy)  # a bad policy fails here, before torch and the models are imported
     from .fitting import fit_guard
 
-    summary = fit_guard(args.policy, args.out, seed=args.seed, progress=True)
-    _emit({"out": str(summary.out_dir), "seconds": round(summary.seconds, 2), "targets": summary.targets})
+    result = fit_guard(loaded, args.out, seed=args.seed, progress=True, use_cache=not args.no_cache)
+    _emit(result.to_dict())
     return 0
 
 
@@ -340,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("policy", help="policy YAML file")
     p.add_argument("--out", required=True, help="output guard directory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true", help="recompute clean answers and strength searches instead of reusing earlier fits'")
     p.set_defaults(func=cmd_fit)
 
     def guard_arg(q: argparse.ArgumentParser) -> None:

@@ -35,6 +35,14 @@ class PreparedPrompt:
     mask: list[bool]
 
 
+@dataclass(frozen=True)
+class ContinuationScores:
+    """Teacher-forced scores of a reply's tokens (:meth:`TransformersRunner.score_continuations`)."""
+
+    logprobs: tuple[float, ...]  # log-prob of each token given the prompt and the tokens before it
+    greedy: tuple[bool, ...]  # whether each token is the argmax there: greedy decoding would emit it
+
+
 def pick_device(device: str) -> torch.device:
     """``auto`` means CUDA when present, else CPU; anything else is taken literally."""
     if device == "auto":
@@ -456,6 +464,61 @@ class TransformersRunner:
                 scores.append(total / len(ids) if reduction == "mean" else total)
         return scores
 
+    def score_continuations(
+        self,
+        messages_batch: Sequence[Messages],
+        continuations: Sequence[Sequence[int]],
+        corruption: Corruption | None | Sequence[Corruption | None] = None,
+        mask_spec: MaskSpec | Sequence[MaskSpec] = MaskSpec(),
+    ) -> list[ContinuationScores]:
+        """Teacher-forced scores of each row's ``continuations[i]`` (token ids) as the reply to its chat.
+
+        One forward pass for the whole batch, where generating the same tokens takes one
+        pass per token: the strength search (``optimize.py``) scores many strengths this
+        way and generates only to confirm the one it picks. The prompt is corrupted
+        exactly as in :meth:`generate` (same per-row noise); the continuation never is,
+        since it stands for the model's own answer. Rows are right-padded, so every real
+        token keeps the position it has in an unpadded forward pass.
+        """
+        n = len(messages_batch)
+        if n == 0:
+            return []
+        if len(continuations) != n:
+            raise ValueError(f"continuations: got {len(continuations)} entries for a batch of {n}")
+        corruptions = self._broadcast(corruption, n, "corruption")
+        specs = self._broadcast(mask_spec, n, "mask_spec")
+        prompts = [self.prepare(m, s) for m, s in zip(messages_batch, specs)]
+        conts = [list(c) for c in continuations]
+        for i, (p, c) in enumerate(zip(prompts, conts)):
+            if not c:
+                raise InputError(f"continuations[{i}]: empty continuation")
+            self._check_length(len(p.input_ids), len(c), f"messages_batch[{i}]")
+        embed = self.model.get_input_embeddings()
+        width = max(len(p.input_ids) + len(c) for p, c in zip(prompts, conts))
+        out: list[ContinuationScores] = []
+        with torch.inference_mode():
+            pad_vec = embed(torch.tensor([[self._pad_id]], device=self.device))[0]
+            rows, masks = [], []
+            for p, c, corr in zip(prompts, conts, corruptions):
+                p_emb = embed(torch.tensor([p.input_ids], device=self.device))
+                if corr is not None:
+                    p_emb = corr.apply(p_emb, torch.tensor([p.mask], dtype=torch.bool, device=self.device))
+                c_emb = embed(torch.tensor([c], device=self.device))
+                used = len(p.input_ids) + len(c)
+                rows.append(torch.cat([p_emb[0], c_emb[0], pad_vec.expand(width - used, -1)], dim=0))
+                am = torch.zeros(width, dtype=torch.long, device=self.device)
+                am[:used] = 1
+                masks.append(am)
+            logits = self.model(inputs_embeds=torch.stack(rows), attention_mask=torch.stack(masks)).logits
+            for b, (p, c) in enumerate(zip(prompts, conts)):
+                start = len(p.input_ids) - 1
+                step = logits[b, start : start + len(c)].float()
+                target = torch.tensor(c, device=self.device)
+                logp = torch.log_softmax(step, dim=-1).gather(-1, target[:, None])[:, 0]
+                greedy = step.argmax(dim=-1) == target
+                out.append(ContinuationScores(tuple(logp.tolist()), tuple(bool(g) for g in greedy.tolist())))
+        return out
+
     # ------------------------------------------------------------------ async twins
 
     async def agenerate(
@@ -491,6 +554,16 @@ class TransformersRunner:
         finally:
             stop.event.set()
             await asyncio.to_thread(worker.join)
+
+    async def ascore_continuations(
+        self,
+        messages_batch: Sequence[Messages],
+        continuations: Sequence[Sequence[int]],
+        corruption: Corruption | None | Sequence[Corruption | None] = None,
+        mask_spec: MaskSpec | Sequence[MaskSpec] = MaskSpec(),
+    ) -> list[ContinuationScores]:
+        """Async twin of :meth:`score_continuations`."""
+        return await asyncio.to_thread(self.score_continuations, messages_batch, continuations, corruption, mask_spec)
 
     async def ascore_choices(
         self,
