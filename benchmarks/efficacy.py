@@ -157,12 +157,19 @@ def markdown(result: dict[str, Any]) -> str:
     if e1:
         lines += ["## E1: knowledge the bundled model has (real_authors forgotten, world_facts retained)", ""]
         lines += qa_table(_e1_summary(e1))
-        lines += ["", "| scope | fit time (s) | chosen strength | search points | clean recall (fit set) |", "|---|---|---|---|---|"]
+        before = result.get("previous_strengths", {})
+        lines += [
+            "",
+            "| scope | fit time (s) | chosen strength | previous run's strength | scored / generated points | converged | clean recall (fit set) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for scope, r in e1.items():
             s = r["fit"]["search"] or {}
+            old = f"{before[scope]:.4g}" if scope in before else "n/a"
+            points = f"{s.get('n_scored', 0)} / {s.get('n_generated', len(s.get('curve', [])))}"
             lines.append(
-                f"| {scope} | {r['fit_seconds']} | {r['fit']['corruption']['strength']:.4g} | {len(s.get('curve', []))} | "
-                f"{s.get('clean_metric', float('nan')):.3f} |"
+                f"| {scope} | {r['fit_seconds']} | {r['fit']['corruption']['strength']:.4g} | {old} | {points} | "
+                f"{'yes' if s.get('converged', True) else 'no'} | {s.get('clean_metric', float('nan')):.3f} |"
             )
         for scope, r in e1.items():
             retain = next((s for n, s in r["sets"].items() if n.startswith("test retain")), {}).get("summary")
@@ -172,7 +179,8 @@ def markdown(result: dict[str, Any]) -> str:
     if wmdp:
         lines += ["", "## WMDP multiple choice (D2 split; subsampled, seed 0)", ""]
         lines += mc_table(wmdp["sets"])
-        how = f"a {wmdp['search_steps']}-step search" if wmdp["search_steps"] else "a fixed strength, no search"
+        steps, grid = wmdp.get("search_steps"), wmdp.get("search_grid")
+        how = f"a {steps}-step search" if steps else f"a {grid}-point grid search" if grid else "a fixed strength, no search"
         lines += ["", f"Fit (with {how}): {wmdp['fit_seconds']} s, strength {wmdp['fit']['corruption']['strength']:.4g}."]
     lines += ["", "![efficacy](efficacy.png)", ""]
     return "\n".join(lines)
@@ -201,10 +209,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.skip_e1:
             result["e1"] = json.loads((RESULTS / "efficacy.json").read_text(encoding="utf-8"))["e1"]
         else:
+            if (RESULTS / "efficacy.json").is_file():  # the strengths this run replaces, reported beside the new ones
+                old = json.loads((RESULTS / "efficacy.json").read_text(encoding="utf-8")).get("e1", {})
+                result["previous_strengths"] = {scope: r["fit"]["corruption"]["strength"] for scope, r in old.items()}
             result["e1"] = run_e1(runner, work, ["prompt"] if args.skip_entities else ["prompt", "entities"])
             write_results(result)  # E1 is kept even if the (slow) WMDP part is interrupted
         if not args.skip_wmdp:
             result["wmdp"] = run_wmdp(runner, work, args.wmdp_n, args.mmlu_n, args.wmdp_strength)
+            write_results(result)
+        elif (RESULTS / "efficacy.json").is_file() and "wmdp" in (previous := json.loads((RESULTS / "efficacy.json").read_text(encoding="utf-8"))):
+            result["wmdp"] = previous["wmdp"]  # kept from the run that measured it, as --skip-e1 keeps E1
+            result["command"] += " (WMDP section kept from the previous run)"
             write_results(result)
     print(markdown(result))
     return 0

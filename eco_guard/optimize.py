@@ -73,7 +73,7 @@ import random
 import sys
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from .corruption import Corruption
 from .evaluation.metrics import (
@@ -87,11 +87,15 @@ from .evaluation.metrics import (
     normalize_answer,
 )
 from .fit_warnings import FitWarning
-from .runner.base import GenerationOptions, MaskSpec, Messages, Runner
+from .runner.base import GenerationOptions, MaskSpec
 
 if TYPE_CHECKING:
     from .fit_cache import FitCache
-    from .runner.transformers_runner import ContinuationScores
+    from .runner.transformers_runner import ContinuationScores, TransformersRunner
+
+    #: the search needs a runner that also scores replies teacher-forced (``score_continuations``)
+    #: and has a tokenizer; the transformers runner does
+    Scorer = TransformersRunner
 
 #: corrupted answers may be at most this much less likely (relative, in mean token
 #: log-prob under the clean model) than the clean answers
@@ -112,20 +116,6 @@ WHAT_TO_TRY_OBJECTIVE = (
 WHAT_TO_TRY_FLUENCY = (
     "a fixed lower strength, scope: entities (corrupt only the names), fewer dims, or an objective target above 0"
 )
-
-
-class Scorer(Runner, Protocol):
-    """A runner that can also score replies teacher-forced (the transformers runner can)."""
-
-    tokenizer: Any
-
-    def score_continuations(
-        self,
-        messages_batch: Sequence[Messages],
-        continuations: Sequence[Sequence[int]],
-        corruption: Corruption | None | Sequence[Corruption | None] = None,
-        mask_spec: MaskSpec | Sequence[MaskSpec] = MaskSpec(),
-    ) -> list[ContinuationScores]: ...
 
 
 @dataclass(frozen=True)
@@ -439,7 +429,8 @@ def search_strengths(
     return done
 
 
-def _answer_key(runner: Scorer, chat: list[dict[str, str]], options: GenerationOptions) -> dict[str, object]:
+def _answer_key(chat: list[dict[str, str]], options: GenerationOptions) -> dict[str, object]:
+    """What a clean answer depends on besides the model (the cache's directory names that)."""
     return {"chat": chat, "options": asdict(options)}
 
 
@@ -461,7 +452,7 @@ def _compute(
         todo = []
         for n, (i, k) in enumerate(rows):
             req = by_id[i]
-            hit = cache.get("clean_answers", _answer_key(runner, req.chats[k], req.options)) if req.corruptions[k] is None else None
+            hit = cache.get("clean_answers", _answer_key(req.chats[k], req.options)) if req.corruptions[k] is None else None
             if hit is None:
                 todo.append(n)
             else:
@@ -480,7 +471,7 @@ def _compute(
             i, k = rows[n]
             req = by_id[i]
             if clean and cache is not None and req.corruptions[k] is None:
-                cache.put("clean_answers", _answer_key(runner, req.chats[k], req.options), value)  # type: ignore[union-attr]
+                cache.put("clean_answers", _answer_key(req.chats[k], req.options), value)  # type: ignore[union-attr]
     return out
 
 
@@ -564,8 +555,7 @@ def _search(runner: Scorer, job: SearchJob, config: SearchConfig, evaluated: Cal
         first = None
         for j, s in enumerate(strengths):
             got = yield probe.scores(s, replies)
-            kept = [k for k in scorable]
-            predicted[j] = scale * _predicted_recall([got[k] for k in kept], [base_scores[k] for k in kept])
+            predicted[j] = scale * _predicted_recall([got[k] for k in scorable], [base_scores[k] for k in scorable])
             result.n_scored += 1
             evaluated(1)
             if meets(predicted[j]):
