@@ -245,35 +245,46 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    rows, notes = [], []
-    with tempfile.TemporaryDirectory(prefix="eco-guard-fit-time-") as tmp:
-        work, fits = Path(tmp), Path(tmp) / "fits"
-        (work / "demo").mkdir()
-        rows.append(fresh_and_warm("demo", demo_policy, work / "demo", fits))
-        for scope in ("prompt", "entities"):
-            (work / scope).mkdir()
-            rows.append(fresh_and_warm(f"one person ({scope})", lambda w, s=scope: person_policy(w, s), work / scope, fits))
-        have_data = (DATA / "tofu").is_dir()
-        if not have_data:
-            notes.append(f"D3 and E1 skipped: {DATA} is absent.")
-        if have_data and not args.skip_d3:
-            rows.append(d3_refit(work / "d3", fits))
-        if have_data and not args.skip_e1:
-            for scope in ("prompt", "entities"):
-                (work / f"e1-{scope}").mkdir()
-                rows.append(fresh_and_warm(f"E1 ({scope})", lambda w, s=scope: e1_policy(w, s), work / f"e1-{scope}", fits))
-        cli_result = None if args.skip_cli else cli_rows(work, fits, work / "demo" / "guard-fresh")
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
     result = {
         "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
         "threads": args.threads,
         "command": "python benchmarks/fit_time.py " + " ".join(sys.argv[1:]),
         "rows": rows,
-        "cli": cli_result,
+        "cli": None,
         "notes": notes,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "fit_time.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    (args.out / "fit_time.md").write_text(markdown(result), encoding="utf-8")
+
+    def save() -> None:  # after every row: a long run that is stopped keeps what it measured
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "fit_time.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+        (args.out / "fit_time.md").write_text(markdown(result), encoding="utf-8")
+
+    with tempfile.TemporaryDirectory(prefix="eco-guard-fit-time-") as tmp:
+        work, fits = Path(tmp), Path(tmp) / "fits"
+        (work / "demo").mkdir()
+        rows.append(fresh_and_warm("demo", demo_policy, work / "demo", fits))
+        save()
+        if not args.skip_cli:
+            result["cli"] = cli_rows(work, fits, work / "demo" / "guard-fresh")
+            save()
+        for scope in ("prompt", "entities"):
+            (work / scope).mkdir()
+            rows.append(fresh_and_warm(f"one person ({scope})", lambda w, s=scope: person_policy(w, s), work / scope, fits))
+            save()
+        have_data = (DATA / "tofu").is_dir()
+        if not have_data:
+            notes.append(f"D3 and E1 skipped: {DATA} is absent.")
+        if have_data and not args.skip_d3:
+            rows.append(d3_refit(work / "d3", fits))
+            save()
+        if have_data and not args.skip_e1:
+            for scope in ("prompt", "entities"):
+                (work / f"e1-{scope}").mkdir()
+                rows.append(fresh_and_warm(f"E1 ({scope})", lambda w, s=scope: e1_policy(w, s), work / f"e1-{scope}", fits))
+                save()
+    save()
     print(markdown(result))
     return 0
 
