@@ -235,7 +235,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (the goals are for a 2-core machine)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (one: two threads on a busy 2-core machine ran several times slower)")
     ap.add_argument("--skip-d3", action="store_true")
     ap.add_argument("--skip-e1", action="store_true")
     ap.add_argument("--skip-cli", action="store_true")
