@@ -88,7 +88,7 @@ def _policy(
 def _fit(policy: Path, out: Path, search: SearchConfig) -> tuple[dict[str, Any], float]:
     start = time.perf_counter()
     summary = fit_guard(policy, out, seed=0, progress=True, search=search)
-    return summary.targets[0], time.perf_counter() - start
+    return summary.targets[0].to_dict(), time.perf_counter() - start
 
 
 def run_e1(runner: TransformersRunner, model: str, work: Path, scopes: Sequence[str]) -> dict[str, Any]:
@@ -145,11 +145,11 @@ def run_wmdp(runner: TransformersRunner, model: str, work: Path, n_wmdp: int, n_
     tests[f"mmlu test ({len(picked_mmlu)} of {len(mmlu)})"] = [it for _, it in picked_mmlu]
     mmlu_train = _mmlu_splits()[0]
     retain = random.Random(0).sample(mmlu_train, min(400, len(mmlu_train)))
-    search = SearchConfig(steps=2)
+    search = SearchConfig()
     target, seconds = _fit(_policy(model, runner.embedding_stats()[1], work, "wmdp", train, retain, scope="prompt", metric="mc_accuracy", goal=0.25, strength=strength), work / "wmdp", search)
     guard = Guard.load(work / "wmdp", runner=runner, audit=False)
     sets = {name: evaluate_mc(guard, items, name=name[:10]) for name, items in tests.items()}
-    return {"fit_seconds": round(seconds, 1), "fit": target, "search_steps": search.steps if strength is None else 0, "sets": sets}
+    return {"fit_seconds": round(seconds, 1), "fit": target, "search_grid": search.grid if strength is None else 0, "sets": sets}
 
 
 def _e1_summary(e1: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -163,12 +163,19 @@ def markdown(result: dict[str, Any]) -> str:
     if e1:
         lines += ["## E1: knowledge the bundled model has (real_authors forgotten, world_facts retained)", ""]
         lines += qa_table(_e1_summary(e1))
-        lines += ["", "| scope | fit time (s) | chosen strength | search points | clean recall (fit set) |", "|---|---|---|---|---|"]
+        before = result.get("previous_strengths", {})
+        lines += [
+            "",
+            "| scope | fit time (s) | chosen strength | previous run's strength | scored / generated points | converged | clean recall (fit set) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for scope, r in e1.items():
             s = r["fit"]["search"] or {}
+            old = f"{before[scope]:.4g}" if scope in before else "n/a"
+            points = f"{s.get('n_scored', 0)} / {s.get('n_generated', len(s.get('curve', [])))}"
             lines.append(
-                f"| {scope} | {r['fit_seconds']} | {r['fit']['corruption']['strength']:.4g} | {len(s.get('curve', []))} | "
-                f"{s.get('clean_metric', float('nan')):.3f} |"
+                f"| {scope} | {r['fit_seconds']} | {r['fit']['corruption']['strength']:.4g} | {old} | {points} | "
+                f"{'yes' if s.get('converged', True) else 'no'} | {s.get('clean_metric', float('nan')):.3f} |"
             )
         for scope, r in e1.items():
             retain = next((s for n, s in r["sets"].items() if n.startswith("test retain")), {}).get("summary")
@@ -178,7 +185,8 @@ def markdown(result: dict[str, Any]) -> str:
     if wmdp:
         lines += ["", "## WMDP multiple choice (D2 split; subsampled, seed 0)", ""]
         lines += mc_table(wmdp["sets"])
-        how = f"a {wmdp['search_steps']}-step search" if wmdp["search_steps"] else "a fixed strength, no search"
+        steps, grid = wmdp.get("search_steps"), wmdp.get("search_grid")
+        how = f"a {steps}-step search" if steps else f"a {grid}-point grid search" if grid else "a fixed strength, no search"
         lines += ["", f"Fit (with {how}): {wmdp['fit_seconds']} s, strength {wmdp['fit']['corruption']['strength']:.4g}."]
     lines += ["", "![efficacy](efficacy.png)", ""]
     return "\n".join(lines)
@@ -211,11 +219,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.skip_e1:
             result["e1"] = json.loads((RESULTS / f"{stem}.json").read_text(encoding="utf-8"))["e1"]
         else:
+            if (RESULTS / f"{stem}.json").is_file():  # the strengths this run replaces, reported beside the new ones
+                old = json.loads((RESULTS / f"{stem}.json").read_text(encoding="utf-8")).get("e1", {})
+                result["previous_strengths"] = {scope: r["fit"]["corruption"]["strength"] for scope, r in old.items()}
             result["e1"] = run_e1(runner, model, work, ["prompt"] if args.skip_entities else ["prompt", "entities"])
             write_results(result, stem)  # E1 is kept even if the (slow) WMDP part is interrupted
         if not args.skip_wmdp:
             result["wmdp"] = run_wmdp(runner, model, work, args.wmdp_n, args.mmlu_n, args.wmdp_strength)
             write_results(result, stem)
+        elif (RESULTS / f"{stem}.json").is_file() and "wmdp" in (previous := json.loads((RESULTS / f"{stem}.json").read_text(encoding="utf-8"))):
+            result["wmdp"] = previous["wmdp"]  # kept from the run that measured it, as --skip-e1 keeps E1
+            result["command"] += " (WMDP section kept from the previous run)"
     print(markdown(result))
     return 0
 

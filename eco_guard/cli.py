@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .errors import EcoGuardError, InputError
 from .jsonl_inputs import read_jsonl_inputs
 
@@ -30,13 +31,11 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Read by transformers when (and only when) it is imported: setting its verbosity here
+    # through its API would import it, and with it torch, for every command, including
+    # ones that only report a typo in a policy (seconds under load, issue 23).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - transformers is a hard dependency
-        pass
 
 
 def _emit(obj: Any) -> None:
@@ -90,10 +89,13 @@ def _decision_row(row_id: Any, d: Any) -> dict[str, Any]:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from .policy import load_policy
+
+    loaded = load_policy(args.policy)  # a bad policy fails here, before torch and the models are imported
     from .fitting import fit_guard
 
-    summary = fit_guard(args.policy, args.out, seed=args.seed, progress=True)
-    _emit({"out": str(summary.out_dir), "seconds": round(summary.seconds, 2), "targets": summary.targets})
+    result = fit_guard(loaded, args.out, seed=args.seed, progress=True, use_cache=not args.no_cache)
+    _emit(result.to_dict())
     return 0
 
 
@@ -310,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="eco-guard",
         description="Inference-time unlearning guardrail: Embedding-COrrupted (ECO) prompts.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="self-contained tour on the bundled models")
@@ -321,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("policy", help="policy YAML file")
     p.add_argument("--out", required=True, help="output guard directory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true", help="recompute clean answers and strength searches instead of reusing earlier fits'")
     p.set_defaults(func=cmd_fit)
 
     def guard_arg(q: argparse.ArgumentParser) -> None:

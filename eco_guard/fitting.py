@@ -12,17 +12,18 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .artifact import FittedTarget, write_guard
 from .classifier import Classifier, Encoder, TargetData, resolve_encoder_path
-from .classifier.negatives.swaps import MIN_NEAR_RETAIN, NEAR_QUANTILE
-from .classifier.fit import NO_NEAR_NEGATIVES, lacks_near_negatives
+from .classifier.fit import TargetFit
 from .corruption import Corruption
 from .entities import extract_terms
 from .examples import Example, load_examples
+from .fit_cache import FitCache, model_key
+from .fit_warnings import FitWarning, classifier_warnings, fpr_warnings
 from .optimize import SearchConfig, SearchJob, SearchResult, search_strengths
 from .policy import LoadedPolicy, TargetSpec, load_policy, policy_to_dict
 from .report import write_fit_report
@@ -49,12 +50,103 @@ class EmbeddingStats:
 
 
 @dataclass(frozen=True)
-class FitSummary:
-    """What ``fit`` wrote, for the CLI to print."""
+class TargetResult:
+    """What fitting one target produced: its classifier head, its corruption and its search."""
+
+    spec: TargetSpec
+    classifier: TargetFit
+    fitted: FittedTarget
+    search: SearchResult | None
+    search_reused: bool = False  # the search's result came from the fit cache (same inputs as before)
+
+    @property
+    def estimated_fpr(self) -> dict[str, float]:
+        """Cross-calibrated flag rate per source of held-out negatives (shared by all targets of a fit)."""
+        return dict(self.classifier.calibration.estimated_fpr)
+
+    @property
+    def worst_fpr(self) -> tuple[str, float] | None:
+        """The source with the highest estimated false-positive rate, and that rate."""
+        rates = self.estimated_fpr
+        return max(rates.items(), key=lambda kv: kv[1]) if rates else None
+
+    @property
+    def certified(self) -> bool:
+        """Calibration certified target_fpr and no source's estimated rate exceeds it."""
+        worst = self.worst_fpr
+        cal = self.classifier.calibration
+        return cal.achievable and (worst is None or worst[1] <= cal.target_fpr)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for report.json and the CLI's output."""
+        fit, ft, cal = self.classifier, self.fitted, self.classifier.calibration
+        worst = self.worst_fpr
+        return {
+            "id": fit.id,
+            "action": self.spec.action,
+            "n_forget": fit.n_forget,
+            "n_retain_train": fit.n_retain_train,
+            "n_swapped_retain": fit.n_swapped_retain,
+            "lacks_near_retain": fit.lacks_near_retain,
+            "n_near_retain": fit.n_near_retain,
+            "n_background_train": fit.n_background_train,
+            "n_calibration": cal.n_calibration,
+            "threshold": cal.threshold,
+            "target_fpr": cal.target_fpr,
+            "calibration_achievable": cal.achievable,
+            "certified": self.certified,
+            "estimated_fpr": self.estimated_fpr,
+            "worst_fpr": None if worst is None else {"source": worst[0], "rate": worst[1]},
+            "calibration_note": cal.note,
+            "train_auc": fit.train_auc,
+            "feature_view_note": fit.view_note,
+            "corruption": ft.corruption.to_dict(),
+            "scope": ft.mask.scope,
+            "strength_source": ft.strength_source,
+            "terms": list(ft.mask.terms),
+            "search": self.search.to_dict() if self.search is not None else None,
+            "search_reused": self.search_reused,
+        }
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What ``fit`` wrote, for the CLI and the report: typed per-target results and structured warnings."""
 
     out_dir: Path
-    targets: list[dict[str, Any]]
+    targets: list[TargetResult]
+    warnings: list[FitWarning]
     seconds: float
+    reused: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind -> (found, looked up) in the fit cache
+
+    @property
+    def worst_fpr(self) -> tuple[str, float] | None:
+        """The highest estimated false-positive rate over sources (the threshold is shared)."""
+        rates = [t.worst_fpr for t in self.targets if t.worst_fpr is not None]
+        return max(rates, key=lambda kv: kv[1]) if rates else None
+
+    def summary_line(self) -> str:
+        """The line ``fit`` ends with: where, how long, how many certified, the worst estimated rate."""
+        n_cert = sum(t.certified for t in self.targets)
+        worst = self.worst_fpr
+        rate = "no estimate" if worst is None else f"worst estimated false-positive rate {worst[1]:.4f} ({worst[0]})"
+        fpr = self.targets[0].classifier.calibration.target_fpr if self.targets else 0.0
+        return (
+            f"wrote {self.out_dir} in {self.seconds:.1f} s: {n_cert} of {len(self.targets)} target(s) certified at "
+            f"target_fpr {fpr:g}; {rate}; {len(self.warnings)} warning(s)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: what ``eco-guard fit`` prints on stdout."""
+        worst = self.worst_fpr
+        return {
+            "out": str(self.out_dir),
+            "seconds": round(self.seconds, 2),
+            "worst_fpr": None if worst is None else {"source": worst[0], "rate": worst[1]},
+            "warnings": [w.to_dict() for w in self.warnings],
+            "reused": {k: {"found": a, "of": b} for k, (a, b) in self.reused.items()},
+            "targets": [t.to_dict() for t in self.targets],
+        }
 
 
 def default_strength(method: str, dims: int, stats: EmbeddingStats) -> float:
@@ -121,14 +213,18 @@ def _fit_corruptions(
     seed: int,
     runner: TransformersRunner | None,
     config: SearchConfig,
-) -> list[tuple[FittedTarget, SearchResult | None]]:
+    cache: FitCache | None,
+) -> list[tuple[FittedTarget, SearchResult | None, bool]]:
     """Resolve every target's corruption: the policy's strength, or the searched one for ``auto``.
 
-    The searches run together (:func:`search_strengths`), so targets with a few examples
-    each share generate batches instead of answering two questions at a time.
+    A target whose search inputs are unchanged since an earlier fit (same model, questions,
+    answers, corruption, objective and budget) takes its result from ``cache``; the rest
+    search together (:func:`search_strengths`), sharing generate and scoring batches.
+    Each tuple's bool says whether the search result was reused.
     """
     stats = embedding_stats(runner) if runner is not None else None
     masks, seeds, jobs = [], [], {}
+    searched: dict[int, SearchResult] = {}
     for i, (spec, forget) in enumerate(zip(specs, forgets)):
         c = spec.corruption
         terms = tuple(c.terms)
@@ -140,10 +236,22 @@ def _fit_corruptions(
             assert stats is not None, "fit_guard loads the runner whenever a strength is auto"
             start = default_strength(c.method, c.dims, stats)
             base = Corruption(method=c.method, dims=c.dims, strength=start, seed=seeds[i])
-            jobs[i] = SearchJob(
-                [e.text for e in forget], [e.answer for e in forget], base, masks[i], spec.objective.metric, spec.objective.target
+            job = SearchJob(
+                [e.text for e in forget], [e.answer for e in forget], base, masks[i], spec.objective.metric, spec.objective.target, spec.id
             )
-    searched = dict(zip(jobs, search_strengths(runner, list(jobs.values()), config=config, desc="searching strengths"))) if jobs else {}
+            hit = cache.get("search", job.key(config)) if cache is not None else None
+            if hit is not None:
+                searched[i] = SearchResult.from_dict(hit)
+            else:
+                jobs[i] = job
+    reused = set(searched)
+    if jobs:
+        assert runner is not None
+        found = search_strengths(runner, list(jobs.values()), config=config, desc="searching strengths", cache=cache)
+        for (i, job), result in zip(jobs.items(), found):
+            searched[i] = result
+            if cache is not None:
+                cache.put("search", job.key(config), result.to_dict())
     out = []
     for i, spec in enumerate(specs):
         c = spec.corruption
@@ -156,7 +264,7 @@ def _fit_corruptions(
         else:
             strength, source = float(c.strength), "policy"
         corruption = Corruption(method=c.method, dims=c.dims, strength=strength, seed=seeds[i])
-        out.append((FittedTarget(spec.id, corruption, masks[i], source), search))
+        out.append((FittedTarget(spec.id, corruption, masks[i], source), search, i in reused))
     return out
 
 
@@ -184,86 +292,106 @@ def retain_also_forget(data: list[TargetData]) -> list[str]:
     return lines
 
 
+def _fit_cache(loaded: LoadedPolicy, runner: TransformersRunner, progress: bool) -> FitCache:
+    """The fit cache of the policy's model as loaded (files, device and dtype)."""
+    directory = resolve_model(loaded.policy.model.path, loaded.base_dir, progress=progress).directory
+    return FitCache(model_key(directory, str(runner.device), str(runner.model.dtype)), source=directory)
+
+
+def _reuse_line(cache: FitCache | None) -> str | None:
+    """What this fit took from earlier fits, in words; None when nothing was looked up."""
+    if cache is None:
+        return None
+    parts = []
+    for kind, what in (("search", "target searches"), ("clean_answers", "clean answers")):
+        found, asked = cache.reused(kind)
+        if asked:
+            parts.append(f"{found} of {asked} {what}")
+    return ("reused from earlier fits: " + ", ".join(parts)) if parts else None
+
+
 def fit_guard(
-    policy_path: str | Path,
+    policy: str | Path | LoadedPolicy,
     out_dir: str | Path,
     *,
     seed: int = 0,
     progress: bool = True,
     search: SearchConfig = SearchConfig(),
-) -> FitSummary:
-    """Fit the policy at ``policy_path`` and write the guard into ``out_dir``.
+    use_cache: bool = True,
+) -> FitResult:
+    """Fit ``policy`` (a path, or a policy already loaded) and write the guard into ``out_dir``.
 
-    ``search`` is the budget of the ``strength: auto`` search (tests and benchmarks shrink it).
+    ``search`` is the budget of the ``strength: auto`` search (tests and benchmarks shrink it);
+    ``use_cache=False`` recomputes clean answers and searches instead of reusing earlier fits'.
+    Every warning is printed on stderr (when ``progress``) and returned.
     """
     start = time.perf_counter()
-    loaded = load_policy(policy_path)
-    policy = loaded.policy
+    loaded = policy if isinstance(policy, LoadedPolicy) else load_policy(policy)
+    spec = loaded.policy
     out = Path(out_dir)
 
     def say(msg: str) -> None:
         if progress:
             print(f"eco-guard fit: {msg}", file=sys.stderr)
 
-    say(f"reading examples for {len(policy.targets)} target(s)")
+    say(f"reading examples for {len(spec.targets)} target(s)")
     forgets: list[list[Example]] = []
     retains: list[list[Example]] = []
-    for i, t in enumerate(policy.targets):
+    for i, t in enumerate(spec.targets):
         forgets.append(load_examples(t.forget, loaded=loaded, key=f"targets[{i}].forget", required=True))
         retains.append(
             load_examples(t.retain, loaded=loaded, key=f"targets[{i}].retain", required=False) if t.retain else []
         )
     # Fail early on a bad model reference, before spending time on the classifier.
-    resolve_model(policy.model.path, loaded.base_dir, progress=progress)
+    resolve_model(spec.model.path, loaded.base_dir, progress=progress)
     encoder = Encoder(
-        resolve_encoder_path(policy.classifier.encoder, loaded.base_dir),
-        precision=policy.classifier.precision,
-        runtime=policy.classifier.runtime,
+        resolve_encoder_path(spec.classifier.encoder, loaded.base_dir),
+        precision=spec.classifier.precision,
+        runtime=spec.classifier.runtime,
     )
     say(
         f"fitting the classifier ({encoder.name}, {encoder.precision} in {encoder.runtime}, "
-        f"target FPR {policy.classifier.target_fpr})"
+        f"target FPR {spec.classifier.target_fpr})"
     )
     data = [
         TargetData(id=t.id, forget=[e.text for e in f], retain=[e.text for e in r])
-        for t, f, r in zip(policy.targets, forgets, retains)
+        for t, f, r in zip(spec.targets, forgets, retains)
     ]
-    for line in retain_also_forget(data):
-        say(f"warning: {line}")
     # optional held-out calibration negatives from the policy
     calibration = (
-        [e.text for e in load_examples(policy.classifier.calibration, loaded=loaded, key="classifier.calibration")]
-        if policy.classifier.calibration
+        [e.text for e in load_examples(spec.classifier.calibration, loaded=loaded, key="classifier.calibration")]
+        if spec.classifier.calibration
         else None
     )
     classifier, fits = Classifier.fit(
-        encoder, data, target_fpr=policy.classifier.target_fpr, seed=seed, calibration_set=calibration, progress=progress
+        encoder, data, target_fpr=spec.classifier.target_fpr, seed=seed, calibration_set=calibration, progress=progress
     )
     if fits:
         say(f"classifier: {fits[0].view_note}")
-    for fit in fits:
-        if not fit.calibration.achievable:
-            say(f"warning: target {fit.id!r}: {fit.calibration.note}")
-    generic = [fit.id for fit, t in zip(fits, data) if fit.lacks_near_retain and any(s.strip() for s in t.retain)]
-    if generic:
-        say(
-            f"warning: few retain examples of {', '.join(map(repr, generic))} (no more than half, and fewer than "
-            f"{MIN_NEAR_RETAIN}) are nearer to the target's forget examples than {NEAR_QUANTILE:.0%} of everyday "
-            "prompts, so they say little about where the target ends and are not counted as near negatives; retain "
-            "examples of what must still pass that sits close to the target (other people, neighbouring topics) work best"
-        )
-    if lacks_near_negatives(sum(fit.n_near_retain for fit in fits), calibration):
-        say(f"warning: {NO_NEAR_NEGATIVES}")
+    warnings = [FitWarning("retain_also_forget", line) for line in retain_also_forget(data)]
+    warnings += classifier_warnings(fits, data, calibration)
     swapped = ", ".join(f"{fit.id!r} ({fit.n_swapped_retain})" for fit in fits if fit.n_swapped_retain)
     if swapped:
         say(f"entity targets given copies of their forget examples naming made-up people, as retain examples: {swapped}")
-    needs_runner = any(t.corruption.strength == "auto" for t in policy.targets)
+    needs_runner = any(t.corruption.strength == "auto" for t in spec.targets)
     runner = _load_runner(loaded, progress) if needs_runner else None
+    cache = _fit_cache(loaded, runner, progress) if runner is not None and use_cache else None
     config = search if progress else search.quiet()
     if runner is not None:
-        say("searching corruption strengths (zeroth-order, on the forget examples)")
-    pairs = _fit_corruptions(policy.targets, forgets, seed, runner, config)
-    fitted = [p[0] for p in pairs]
+        say("searching corruption strengths (teacher-forced scores on a grid, generation to confirm)")
+    triples = _fit_corruptions(spec.targets, forgets, seed, runner, config, cache)
+    reuse = _reuse_line(cache)
+    if reuse:
+        say(reuse)
+    results = [
+        TargetResult(t, fit, ft, result, reused) for t, fit, (ft, result, reused) in zip(spec.targets, fits, triples)
+    ]
+    for r in results:
+        if r.search is not None:
+            warnings += r.search.warnings
+    warnings += fpr_warnings([r.classifier for r in results])
+    for w in warnings:
+        say(f"warning: {w.line()}")
     data_record = [
         {
             "id": t.id,
@@ -272,46 +400,21 @@ def fit_guard(
             "n_retain": len(r),
             "retain_sha256": _digest(r),
         }
-        for t, f, r in zip(policy.targets, forgets, retains)
+        for t, f, r in zip(spec.targets, forgets, retains)
     ]
     write_guard(
         out,
         loaded=loaded,
         resolved_policy=_resolved_policy(loaded),
         classifier=classifier,
-        fitted=fitted,
+        fitted=[r.fitted for r in results],
         data=data_record,
         seed=seed,
     )
     # Scores on the fit data, for the report's histograms: in-sample, and labelled so.
     fit_scores = {fit.id: {"forget": list(fit.forget_scores), "retain": list(fit.retain_scores)} for fit in fits}
-    summary_targets = [
-        {
-            "id": fit.id,
-            "action": spec.action,
-            "n_forget": fit.n_forget,
-            "n_retain_train": fit.n_retain_train,
-            "n_swapped_retain": fit.n_swapped_retain,
-            "lacks_near_retain": fit.lacks_near_retain,
-            "n_near_retain": fit.n_near_retain,
-            "n_background_train": fit.n_background_train,
-            "n_calibration": fit.calibration.n_calibration,
-            "threshold": fit.calibration.threshold,
-            "target_fpr": fit.calibration.target_fpr,
-            "calibration_achievable": fit.calibration.achievable,
-            "calibration_note": fit.calibration.note,
-            "train_auc": fit.train_auc,
-            "feature_view_note": fit.view_note,
-            "corruption": ft.corruption.to_dict(),
-            "scope": ft.mask.scope,
-            "strength_source": ft.strength_source,
-            "terms": list(ft.mask.terms),
-            "search": search.to_dict() if search is not None else None,
-        }
-        for fit, spec, ft, (_, search) in zip(fits, policy.targets, fitted, pairs)
-    ]
-    seconds = time.perf_counter() - start
-    write_fit_report(out, summary_targets, fit_scores, seconds=seconds, seed=seed)
-    say(f"wrote {out} in {seconds:.1f} s")
-    return FitSummary(out, summary_targets, seconds)
-
+    reused = {k: cache.reused(k) for k in ("search", "clean_answers")} if cache is not None else {}
+    result = FitResult(out, results, warnings, time.perf_counter() - start, reused)
+    write_fit_report(out, result, fit_scores, seed=seed)
+    say(result.summary_line())
+    return result

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .fitting import FitResult
 
 
 MAX_PANELS = 12
@@ -78,20 +81,23 @@ def _plot_strength_curves(out: Path, targets: list[dict[str, Any]]) -> str | Non
         fig.suptitle(f"first {len(shown)} of {len(searched)} searched targets (every curve is in report.json)", fontsize=9)
     for ax, t in zip(axes, shown):
         s = t["search"]
-        xs = [p["strength"] for p in s["curve"]]
-        ax.plot(xs, [p["metric"] for p in s["curve"]], "o-", color="tab:red", label=s["objective"])
+        pred = [(p["strength"], p["predicted"]) for p in s["curve"] if p.get("predicted") is not None]
+        gen = [p for p in s["curve"] if p.get("metric") is not None]
+        if pred:
+            ax.plot([x for x, _ in pred], [y for _, y in pred], ".--", color="tab:red", alpha=0.5, label=f"{s['objective']} (predicted)")
+        ax.plot([p["strength"] for p in gen], [p["metric"] for p in gen], "o", color="tab:red", label=f"{s['objective']} (generated)")
         ax.axhline(s["target"], color="tab:red", linestyle=":", linewidth=1, label="target")
         ax.axvline(s["strength"], color="black", linestyle="--", linewidth=1, label=f"chosen {s['strength']:.3g}")
-        top = max([s["clean_metric"], s["target"], *(p["metric"] for p in s["curve"])])
+        top = max([s["clean_metric"], s["target"], *(y for _, y in pred), *(p["metric"] for p in gen)])
         ax.set_ylim(-0.05, max(top, 0.1) + 0.05)
         ax.set_xscale("log")
         ax.set_xlabel("strength (noise sigma)")
         ax.set_ylabel(s["objective"])
-        ax.set_title(t["id"], fontsize=9)
-        flu = [(x, p["fluency"]) for x, p in zip(xs, s["curve"]) if p["fluency"] is not None]
+        ax.set_title(t["id"] + ("" if s.get("converged", True) else " (not converged)"), fontsize=9)
+        flu = [(p["strength"], p["fluency"]) for p in gen if p["fluency"] is not None]
         if flu:
             ax2 = ax.twinx()
-            ax2.plot([f[0] for f in flu], [f[1] for f in flu], "s-", color="tab:blue", alpha=0.7)
+            ax2.plot([f[0] for f in flu], [f[1] for f in flu], "s", color="tab:blue", alpha=0.7)
             if s["fluency_bound"] is not None:
                 ax2.axhline(s["fluency_bound"], color="tab:blue", linestyle=":", linewidth=1)
             ax2.set_ylabel("fluency (mean log-prob)", color="tab:blue")
@@ -104,7 +110,7 @@ def _plot_strength_curves(out: Path, targets: list[dict[str, Any]]) -> str | Non
 
 
 def _search_lines(targets: list[dict[str, Any]], plot: str | None) -> list[str]:
-    """The report section on the zeroth-order strength search."""
+    """The report section on the strength search."""
     searched = [t for t in targets if t.get("search")]
     if not searched:
         return []
@@ -112,24 +118,44 @@ def _search_lines(targets: list[dict[str, Any]], plot: str | None) -> list[str]:
         "",
         "## Corruption strength search",
         "",
-        "| target | objective | target value | clean | chosen strength | start | points | fluency bound | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| target | objective | target value | clean | chosen strength | measured there | start | scored / generated | "
+        "fluency there (bound) | converged | reused | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in searched:
         s = t["search"]
+        chosen = next((p for p in s["curve"] if p.get("metric") is not None and p["strength"] == s["strength"]), None)
+        measured = "n/a" if chosen is None else f"{chosen['metric']:.3f}"
+        flu = "n/a" if chosen is None or chosen.get("fluency") is None else f"{chosen['fluency']:.3f}"
         bound = "n/a" if s["fluency_bound"] is None else f"{s['fluency_bound']:.3f}"
+        converged = "yes" if s.get("converged", True) else "**no**"
         lines.append(
-            f"| {t['id']} | {s['objective']} | {s['target']} | {s['clean_metric']:.3f} | {s['strength']:.4g} | "
-            f"{s['start']:.4g} | {len(s['curve'])} | {bound} | {s['note']} |"
+            f"| {t['id']} | {s['objective']} | {s['target']} | {s['clean_metric']:.3f} | {s['strength']:.4g} | {measured} | "
+            f"{s['start']:.4g} | {s.get('n_scored', 0)} / {s.get('n_generated', 0)} | {flu} ({bound}) | {converged} | "
+            f"{'yes' if t.get('search_reused') else 'no'} | {s['note']} |"
         )
     lines += [
         "",
         "Measured on the target's forget examples only (the questions the clean model answers, for recall). "
-        "Fluency is the corrupted answers' mean token log-prob under the clean model; the bound is 25% below "
-        "the clean answers' own.",
+        "Strengths on a log grid are first scored teacher-forced (the clean answer up to the gold answer, as the "
+        "reply to the corrupted prompt: one forward pass per row), which predicts the objective; only the chosen "
+        "point and its neighbours are generated, and the chosen strength is always a generated one. Fluency is the "
+        "corrupted answers' mean token log-prob under the clean model; the bound is 25% below the clean answers' own. "
+        "See docs/fitting.md.",
     ]
     if plot:
         lines += ["", f"![strength vs objective]({plot})"]
+    return lines
+
+
+def _warning_lines(warnings: list[dict[str, Any]]) -> list[str]:
+    """Every warning of the fit, with what to try; said first, since each needs acting on."""
+    if not warnings:
+        return []
+    lines = ["", "## Warnings", ""]
+    for w in warnings:
+        where = f"target `{w['target']}`: " if w.get("target") else ""
+        lines.append(f"- **{w['code']}**: {where}{w['message']}" + (f". Try: {w['hint']}." if w.get("hint") else ""))
     return lines
 
 
@@ -162,40 +188,51 @@ def _calibration_section(targets: list[dict[str, Any]]) -> list[str]:
             f"{', '.join(uncertified)}; see below for what was done instead."
         )
         lines.append("")
+    over = [t for t in targets if t["calibration_achievable"] and not t.get("certified", True)]
+    if over:
+        worst = over[0]["worst_fpr"]
+        lines.append(
+            f"**Not certified:** the estimated false-positive rate on {worst['source']} is {worst['rate']:.4f}, above "
+            f"target_fpr {over[0]['target_fpr']}, so {', '.join(t['id'] for t in over)} are not labelled certified "
+            "although the conformal threshold was computed."
+        )
+        lines.append("")
     lines += [f"- {note}" for note in notes]
     return lines
 
 
-def write_fit_report(
-    out: Path,
-    targets: list[dict[str, Any]],
-    scores: dict[str, dict[str, list[float]]],
-    *,
-    seconds: float,
-    seed: int,
-) -> None:
+def write_fit_report(out: Path, result: FitResult, scores: dict[str, dict[str, list[float]]], *, seed: int) -> None:
     """Write report.json, report.md, the score-histogram plot and the strength curve."""
+    doc = result.to_dict()
+    targets, seconds = doc["targets"], result.seconds
     plot = _plot_histograms(out, targets, scores)
     curve = _plot_strength_curves(out, targets)
     plots = [plot] + ([curve] if curve else [])
     (out / "report.json").write_text(
-        json.dumps({"seed": seed, "fit_seconds": round(seconds, 2), "targets": targets, "plots": plots}, indent=2),
+        json.dumps(
+            {"seed": seed, "fit_seconds": round(seconds, 2), "summary": result.summary_line(), "warnings": doc["warnings"],
+             "reused": doc["reused"], "worst_fpr": doc["worst_fpr"], "targets": targets, "plots": plots},
+            indent=2,
+        ),
         encoding="utf-8",
     )
     lines = [
         "# eco-guard fit report",
         "",
-        f"Fitted in {seconds:.1f} s with seed {seed}.",
+        f"Fitted in {seconds:.1f} s with seed {seed}. {result.summary_line()}.",
+        *_warning_lines(doc["warnings"]),
         "",
-        "| target | action | forget | retain (train) | background (train) | calibration negatives | threshold | target FPR | certified | corruption |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| target | action | forget | retain (train) | background (train) | calibration negatives | threshold | target FPR | "
+        "worst estimated FPR | certified | corruption |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in targets:
         c = t["corruption"]
+        worst = "n/a" if t["worst_fpr"] is None else f"{t['worst_fpr']['rate']:.4f} ({t['worst_fpr']['source']})"
         lines.append(
             f"| {t['id']} | {t['action']} | {t['n_forget']} | {_retain_cell(t)} | {t['n_background_train']} | "
-            f"{t['n_calibration']} | {t['threshold']:.4f} | {t['target_fpr']} | "
-            f"{'yes' if t['calibration_achievable'] else 'no'} | {c['method']} dims={c['dims']} "
+            f"{t['n_calibration']} | {t['threshold']:.4f} | {t['target_fpr']} | {worst} | "
+            f"{'yes' if t['certified'] else 'no'} | {c['method']} dims={c['dims']} "
             f"strength={c['strength']:.4g} ({t['strength_source']}, scope {t['scope']}) |"
         )
     lines += _calibration_section(targets)

@@ -32,6 +32,9 @@ class Calibration:
     achievable: bool
     """False when n_calibration < ceil(1/target_fpr) - 1: too few negatives to certify target_fpr."""
     note: str
+    estimated_fpr: tuple[tuple[str, float], ...] = ()
+    """Per source of held-out negatives, the 2-fold cross-calibrated flag rate (see :func:`_two_fold_fpr`):
+    the note states them too, this is for code (``fit`` never calls a target certified above target_fpr)."""
 
 
 def conformal_threshold(negative_scores: np.ndarray, target_fpr: float) -> Calibration:
@@ -94,8 +97,9 @@ def joint_threshold(
     )
     if not best.achievable:
         note += f". {best.note}"
-    if estimate:
-        rates = ", ".join(f"{n} {r:.4f}" for n, r in _two_fold_fpr(max_scores, target_fpr, n_targets).items())
+    estimated = _two_fold_fpr(max_scores, target_fpr, n_targets) if estimate else {}
+    if estimated:
+        rates = ", ".join(f"{n} {r:.4f}" for n, r in estimated.items())
         note += f". Estimated false-positive rate on unseen negatives (2-fold cross-calibration): {rates}"
     return Calibration(
         threshold=best.threshold,
@@ -103,6 +107,7 @@ def joint_threshold(
         n_calibration=sum(c.n_calibration for c in per_source.values()),
         achievable=best.achievable,
         note=note,
+        estimated_fpr=tuple(estimated.items()),
     )
 
 

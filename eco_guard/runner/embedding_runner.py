@@ -34,6 +34,14 @@ Emit = Callable[[tuple[str, Any]], None]
 
 
 @dataclass(frozen=True)
+class ContinuationScores:
+    """Teacher-forced scores of a reply's tokens (:meth:`EmbeddingRunner.score_continuations`)."""
+
+    logprobs: tuple[float, ...]  # log-prob of each token given the prompt and the tokens before it
+    greedy: tuple[bool, ...]  # whether each token is the argmax there: greedy decoding would emit it
+
+
+@dataclass(frozen=True)
 class EmbeddedBatch:
     """What a backend decodes from: left-padded rows, their attention mask, and which rows
     carry a corruption (those decode under the loop guard, ``loop_guard.py``)."""
@@ -225,6 +233,52 @@ class EmbeddingRunner(ABC):
                 scores.append(total / len(ids) if reduction == "mean" else total)
         return scores
 
+    def score_continuations(
+        self, rows: Sequence[GenerationRow], continuations: Sequence[Sequence[int]]
+    ) -> list[ContinuationScores]:
+        """Teacher-forced scores of each row's ``continuations[i]`` (token ids) as the reply to its chat.
+
+        One forward pass for the whole batch, where generating the same tokens takes one
+        pass per token: the strength search (``optimize.py``) scores many strengths this
+        way and generates only to confirm the one it picks. The prompt is corrupted
+        exactly as in :meth:`generate` (same per-row noise); the continuation never is,
+        since it stands for the model's own answer. Rows are right-padded, so every real
+        token keeps the position it has in an unpadded forward pass.
+        """
+        n = len(rows)
+        if n == 0:
+            return []
+        if len(continuations) != n:
+            raise ValueError(f"continuations: got {len(continuations)} entries for a batch of {n}")
+        prompts = [self.prepare(r.messages, r.mask) for r in rows]
+        conts = [list(c) for c in continuations]
+        for i, (p, c) in enumerate(zip(prompts, conts)):
+            if not c:
+                raise InputError(f"continuations[{i}]: empty continuation")
+            self._check_length(len(p.input_ids), len(c), f"rows[{i}]")
+        width = max(len(p.input_ids) + len(c) for p, c in zip(prompts, conts))
+        out: list[ContinuationScores] = []
+        with torch.inference_mode():
+            pad_vec = self.embed(torch.tensor([[self.pad_id]], device=self.device))[0]
+            embeds, masks = [], []
+            for p, c, r in zip(prompts, conts, rows):
+                p_emb = corrupted_row(self.embed, p, r.corruption, self.device)
+                c_emb = self.embed(torch.tensor([c], device=self.device))
+                used = len(p.input_ids) + len(c)
+                embeds.append(torch.cat([p_emb[0], c_emb[0], pad_vec.expand(width - used, -1)], dim=0))
+                am = torch.zeros(width, dtype=torch.long, device=self.device)
+                am[:used] = 1
+                masks.append(am)
+            logits = self.logits(torch.stack(embeds), torch.stack(masks))
+            for b, (p, c) in enumerate(zip(prompts, conts)):
+                start = len(p.input_ids) - 1
+                step = logits[b, start : start + len(c)].float()
+                target = torch.tensor(c, device=self.device)
+                logp = torch.log_softmax(step, dim=-1).gather(-1, target[:, None])[:, 0]
+                greedy = step.argmax(dim=-1) == target
+                out.append(ContinuationScores(tuple(logp.tolist()), tuple(bool(g) for g in greedy.tolist())))
+        return out
+
     # ------------------------------------------------------------------ async twins
 
     async def agenerate(self, rows: Sequence[GenerationRow], options: GenerationOptions = GenerationOptions()) -> list[str]:
@@ -254,3 +308,9 @@ class EmbeddingRunner(ABC):
     ) -> list[float]:
         """Async twin of :meth:`score_choices`."""
         return await asyncio.to_thread(self.score_choices, row, choices, reduction)
+
+    async def ascore_continuations(
+        self, rows: Sequence[GenerationRow], continuations: Sequence[Sequence[int]]
+    ) -> list[ContinuationScores]:
+        """Async twin of :meth:`score_continuations`."""
+        return await asyncio.to_thread(self.score_continuations, rows, continuations)

@@ -22,6 +22,8 @@ from .loop_guard import loop_guard
 from .store import display_name, resolve_model
 
 
+
+
 def pick_device(device: str) -> torch.device:
     """``auto`` means CUDA when present, else CPU; anything else is taken literally."""
     if device == "auto":
