@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .fitting import FitResult
+    from .fit_result import FitResult
 
 
 MAX_PANELS = 12

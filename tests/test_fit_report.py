@@ -11,10 +11,10 @@ from pathlib import Path
 
 from eco_guard.artifact import FittedTarget
 from eco_guard.classifier.calibration import Calibration, joint_threshold
-from eco_guard.classifier.training import TargetFit
+from eco_guard.classifier.fit import TargetFit
 from eco_guard.corruption import Corruption
 from eco_guard.fit_warnings import FitWarning, fpr_warnings
-from eco_guard.fitting import FitResult, TargetResult
+from eco_guard.fit_result import FitResult, TargetResult
 from eco_guard.policy import TargetSpec
 from eco_guard.report import write_fit_report
 from eco_guard.runner.base import MaskSpec

@@ -88,7 +88,7 @@ def analyzer() -> Callable[[str], list[str]]:
     """The lexical block's tokenisation as a function: a text's lower-cased words and word pairs.
 
     For other code that must split texts exactly as the lexical features do (the baseline
-    detectors of :mod:`eco_guard.evaluation.baselines`).
+    detectors of benchmarks/baselines.py).
     """
     return _vectorizer(None).build_analyzer()
 
