@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from .audit import AuditSink, JsonlAudit, NullAudit
+from .canonical import Canonicalizer
 from .classifier import Classifier, Encoder, resolve_encoder_path
 from .corruption import Corruption
 from .errors import GuardLoadError, PolicyError
@@ -177,7 +178,9 @@ def load_guard(
             progress=progress,
         )
 
+    canonical = doc.get("canonical")
     return Guard(
+        canonical=Canonicalizer.from_names(canonical["names"]) if isinstance(canonical, dict) else None,
         classifier=classifier,
         rules=rules,
         runner=runner if runner is not None else make_runner,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .artifact import FittedTarget, write_guard
+from .canonical import Canonicalizer
 from .classifier import Classifier, Encoder, TargetData, resolve_encoder_path
 from .classifier.swaps import MIN_NEAR_RETAIN, NEAR_QUANTILE
 from .classifier.training import NO_NEAR_NEGATIVES, lacks_near_negatives
@@ -159,6 +160,18 @@ def _fit_corruptions(
     return out
 
 
+def target_names(specs: Sequence[TargetSpec], forgets: Sequence[list[Example]]) -> list[list[str]]:
+    """Each target's names: its ``aliases``, its corruption ``terms`` and the names its forget examples keep returning to.
+
+    What a misspelt word in a prompt is read as (:mod:`eco_guard.canonical`), and what an
+    answer may not say (:mod:`eco_guard.output`).
+    """
+    return [
+        list(dict.fromkeys([*spec.aliases, *spec.corruption.terms, *extract_terms([e.text for e in forget])]))
+        for spec, forget in zip(specs, forgets)
+    ]
+
+
 def retain_also_forget(data: list[TargetData]) -> list[str]:
     """One line per target whose retain examples are also forget examples (of any target).
 
@@ -235,8 +248,16 @@ def fit_guard(
         if policy.classifier.calibration
         else None
     )
+    names = target_names(policy.targets, forgets)
+    canonical = Canonicalizer.from_names(n for ns in names for n in ns)
     classifier, fits = Classifier.fit(
-        encoder, data, target_fpr=policy.classifier.target_fpr, seed=seed, calibration=calibration, progress=progress
+        encoder,
+        data,
+        target_fpr=policy.classifier.target_fpr,
+        seed=seed,
+        calibration=calibration,
+        progress=progress,
+        canonical=canonical,
     )
     # --- end issue 3
     if fits:
@@ -282,6 +303,7 @@ def fit_guard(
         fitted=fitted,
         data=data_record,
         seed=seed,
+        extra={"canonical": {"names": list(canonical.names)}},
     )
     # Scores on the fit data, for the report's histograms: in-sample, and labelled so.
     fit_scores = {fit.id: {"forget": list(fit.forget_scores), "retain": list(fit.retain_scores)} for fit in fits}

@@ -21,7 +21,7 @@ import numpy as np
 
 from .audit import AuditSink, NullAudit, prompt_hash
 from .classifier import Classifier
-from .classifier.chunking import text_pieces
+from .canonical import Canonicalizer, scored_pieces
 from .corruption import Corruption
 from .decision import Decision, GuardedResult
 from .errors import EcoGuardError, InputError, UserError
@@ -55,19 +55,21 @@ def scored_turn_words(messages: Sequence[dict[str, str]]) -> int:
     return len(_user_turns(messages)[-1].split())
 
 
-def classification_texts(messages: Sequence[dict[str, str]]) -> list[str]:
+def classification_texts(messages: Sequence[dict[str, str]], canonical: Canonicalizer | None = None) -> list[str]:
     """The texts whose scores decide a conversation.
 
     The last user turn is scored by its pieces (itself, its sentences and windows, see
     :func:`eco_guard.classifier.chunking.text_pieces`), so a forget question padded with
     other text is still seen. It alone misses follow-ups that only make sense through an
     earlier turn ("And where was she born?"), so the last four user turns joined together
-    are scored too; a request is judged by the highest score of any of these.
+    are scored too; a request is judged by the highest score of any of these. With a
+    ``canonical`` reader, each is scored in its canonical form as well (:mod:`eco_guard.canonical`).
     """
     users = _user_turns(messages)
-    texts = text_pieces(users[-1])
+    texts = scored_pieces(users[-1], canonical)
     if len(users) > 1:
-        texts.append("\n".join(users[-4:]))
+        joined = "\n".join(users[-4:])
+        texts.extend(canonical.variants(joined) if canonical is not None else [joined])
     return texts
 
 
@@ -126,6 +128,7 @@ class Guard:
         on_error: Literal["fail_closed", "fail_open"] = "fail_closed",
         seed: int = 0,
         name: str = "eco-guard",
+        canonical: Canonicalizer | None = None,
     ) -> None:
         if [r.id for r in rules] != list(classifier.target_ids):
             raise ValueError("rules must match the classifier's targets, in order")
@@ -136,6 +139,8 @@ class Guard:
         self.on_error = on_error
         self.seed = seed
         self.name = name
+        self.canonical = canonical
+        """Reads disguised prompts (:mod:`eco_guard.canonical`); None for guards fitted before it existed."""
         self._runner: Runner | None = None
         self._runner_factory: Callable[[], Runner] | None = None
         if runner is not None and not callable(getattr(runner, "generate", None)):
@@ -193,7 +198,7 @@ class Guard:
         The building block for callers that batch generation themselves (the server's
         micro-batcher); they must write the audit record themselves.
         """
-        return self._decide_groups(chats, [classification_texts(m) for m in chats], time.perf_counter())
+        return self._decide_groups(chats, [classification_texts(m, self.canonical) for m in chats], time.perf_counter())
 
     def _decide_groups(
         self, chats: Sequence[list[dict[str, str]]], groups: Sequence[list[str]], start: float
@@ -306,7 +311,7 @@ class Guard:
             return []
         start = time.perf_counter()
         chats = [[{"role": "user", "content": doc}] for doc in docs]
-        decisions = self._decide_groups(chats, [text_pieces(doc) for doc in docs], start)
+        decisions = self._decide_groups(chats, [scored_pieces(doc, self.canonical) for doc in docs], start)
         for d, c in zip(decisions, chats):
             self.audit.record(d, c, kind="document")
         return decisions

@@ -139,6 +139,9 @@ class TargetSpec(StrictModel):
     corruption: CorruptionSpec = CorruptionSpec()
     objective: ObjectiveSpec = ObjectiveSpec()
     refusal: str = "I'm sorry, but I can't help with that."
+    aliases: list[str] = []
+    """Other names of the target (nicknames, spellings, former names): read in disguised
+    prompts (:mod:`eco_guard.canonical`) and looked for in answers (:mod:`eco_guard.output`)."""
 
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+)$"

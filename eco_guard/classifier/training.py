@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from eco_guard.classifier.background import background_prompts, near_negative_stand_ins
 from eco_guard.classifier.calibration import Calibration, joint_threshold
-from eco_guard.classifier.chunking import text_pieces
+from eco_guard.canonical import Canonicalizer, scored_pieces
 from eco_guard.classifier.encoder import Encoder
 from eco_guard.classifier.embedded import Embedded
 from eco_guard.classifier.heads import (
@@ -150,6 +150,7 @@ class FitOptions(TypedDict, total=False):
     background: Sequence[str] | None
     calibration: Sequence[str] | None
     progress: bool
+    canonical: Canonicalizer | None
 
 
 def fit_heads(
@@ -161,6 +162,7 @@ def fit_heads(
     background: Sequence[str] | None = None,
     calibration: Sequence[str] | None = None,
     progress: bool = True,
+    canonical: Canonicalizer | None = None,
 ) -> FittedHeads:
     """Fit one head per target, then calibrate one threshold for all of them.
 
@@ -200,6 +202,10 @@ def fit_heads(
     layer-pooled block, and how much the lexical block weighs, are then chosen by
     held-out recall on the policy's own forget examples (see :func:`select_features`),
     and the report says which and why.
+
+    ``canonical`` is the guard's reader of disguised text (:mod:`eco_guard.canonical`):
+    live texts are scored as written and in canonical form, so every held-out negative is
+    too, and the threshold certifies the rate of the two readings together.
     """
     targets = list(targets)
     validate_targets(targets)
@@ -240,8 +246,12 @@ def fit_heads(
     # background's pieces are cached like the background (all of it: the split varies by seed).
     bg_pieces = calibration_pieces(bg)
     embedded.add_corpus(unique_texts(p for ps in bg_pieces.values() for p in ps), cached=builtin)
-    user_pieces = calibration_pieces(user_cal)
+    user_pieces = calibration_pieces(user_cal, canonical)
     embedded.add([p for ps in user_pieces.values() for p in ps], desc="embedding calibration sentences and windows")
+    if canonical is not None:
+        # The canonical readings depend on the policy's names, so they are embedded uncached.
+        bg_pieces = calibration_pieces(bg, canonical)
+        embedded.add([p for ps in bg_pieces.values() for p in ps], desc="embedding canonical forms")
     split = _Negatives(
         bg_train=[bg[i] for i in bg_order[n_bg_cal:]],
         bg_cal=held_out_sources(corpora, [bg[i] for i in bg_order[:n_bg_cal]]),
@@ -324,17 +334,19 @@ def lacks_near_negatives(n_near_retain: int, calibration: Sequence[str] | None) 
     return not calibration and n_near_retain < MIN_NEAR_RETAIN
 
 
-def calibration_pieces(texts: Sequence[str]) -> dict[str, list[str]]:
+def calibration_pieces(texts: Sequence[str], canonical: Canonicalizer | None = None) -> dict[str, list[str]]:
     """The pieces (:func:`eco_guard.classifier.chunking.text_pieces`) of each multi-sentence text.
 
     A live prompt is judged by its highest-scoring piece, and a text of k sentences has
     about 1.5k chances to score high, so the held-out negatives that certify the rate are
     scored the same way: a calibration sample of long prompts then raises the threshold as
-    much as such traffic needs. One-sentence texts are their own single piece.
+    much as such traffic needs. One-sentence texts are their own single piece. With a
+    ``canonical`` reader, the pieces of a text's canonical form join them, as they do for
+    a live prompt (:func:`eco_guard.canonical.scored_pieces`).
     """
     out: dict[str, list[str]] = {}
     for text in texts:
-        pieces = text_pieces(text)
+        pieces = scored_pieces(text, canonical)
         if len(pieces) > 1:
             out[text] = pieces
     return out
