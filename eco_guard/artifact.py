@@ -26,6 +26,7 @@ import yaml
 
 from .audit import AuditSink, JsonlAudit, NullAudit
 from .canonical import Canonicalizer
+from .output.answers import AnswerClassifier
 from .classifier import Classifier, Encoder, resolve_encoder_path
 from .corruption import Corruption
 from .errors import GuardLoadError, PolicyError
@@ -178,9 +179,11 @@ def load_guard(
             progress=progress,
         )
 
-    canonical = doc.get("canonical")
+    names = doc.get("canonical")
+    canonical = Canonicalizer.from_names(names["names"]) if isinstance(names, dict) else None
     return Guard(
-        canonical=Canonicalizer.from_names(canonical["names"]) if isinstance(canonical, dict) else None,
+        canonical=canonical,
+        answers=AnswerClassifier.load(directory, canonical),
         classifier=classifier,
         rules=rules,
         runner=runner if runner is not None else make_runner,

@@ -174,7 +174,7 @@ def surface_form(text: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _everyday_words() -> frozenset[str]:
+def everyday_words() -> frozenset[str]:
     """Words of the bundled everyday prompts: known words are never "corrected" into a name."""
     from importlib import resources
 
@@ -228,7 +228,7 @@ class Canonicalizer:
         word = match.group(0)
         lower = word.lower()
         limit = max_typos(len(lower))
-        if not limit or lower in self._vocabulary or lower in _everyday_words():
+        if not limit or lower in self._vocabulary or lower in everyday_words():
             return word
         best = extractOne(lower, self._vocabulary, scorer=OSA.distance, score_cutoff=limit)
         if best is None:

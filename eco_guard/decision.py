@@ -27,6 +27,13 @@ class Decision:
     scores: dict[str, float] = field(default_factory=dict)
     corruption: dict[str, Any] | None = None
     error: str | None = None
+    stage: Literal["input", "output"] | None = None
+    """Which stage caught the request: the prompt (input), the answer (output), or none."""
+    output_score: float | None = None
+    """The output stage's score of the answer (None when no answer was checked)."""
+    output_threshold: float | None = None
+    language: str | None = None
+    """The prompt's language (ISO 639-1), when the guard has a language policy."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

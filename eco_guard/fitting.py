@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from .artifact import FittedTarget, write_guard
 from .canonical import Canonicalizer
+from .output.answers import AnswerTarget, fit_answers
+from .output.report import add_output_section, output_section
 from .classifier import Classifier, Encoder, TargetData, resolve_encoder_path
 from .classifier.swaps import MIN_NEAR_RETAIN, NEAR_QUANTILE
 from .classifier.training import NO_NEAR_NEGATIVES, lacks_near_negatives
@@ -332,8 +334,27 @@ def fit_guard(
         }
         for fit, spec, ft, (_, search) in zip(fits, policy.targets, fitted, pairs)
     ]
+    answers, answers_report = fit_answers(
+        [
+            AnswerTarget(
+                id=spec.id,
+                names=[*spec.aliases, *spec.corruption.terms],
+                forget_answers=[e.answer for e in f if e.answer],
+                retain_answers=[e.answer for e in r if e.answer],
+                extracted=extract_terms([e.text for e in f] + [e.answer for e in f if e.answer]),
+                retain_questions=[e.text for e in r],
+            )
+            for spec, f, r in zip(policy.targets, forgets, retains)
+        ],
+        target_fpr=policy.classifier.target_fpr,
+        seed=seed,
+        canonical=canonical,
+    )
+    answers.save(out)
+    say(f"output stage: threshold {answers_report.calibration.threshold:.4f}, held-out recall {answers_report.held_out_recall:.3f}")
     seconds = time.perf_counter() - start
     write_fit_report(out, summary_targets, fit_scores, seconds=seconds, seed=seed)
+    add_output_section(out, output_section(answers, answers_report))
     say(f"wrote {out} in {seconds:.1f} s")
     return FitSummary(out, summary_targets, seconds)
 

@@ -22,6 +22,7 @@ import numpy as np
 from .audit import AuditSink, NullAudit, prompt_hash
 from .classifier import Classifier
 from .canonical import Canonicalizer, scored_pieces
+from .output.stage import AnswerCheck, ascreen_stream, screen, screen_stream
 from .corruption import Corruption
 from .decision import Decision, GuardedResult
 from .errors import EcoGuardError, InputError, UserError
@@ -129,6 +130,7 @@ class Guard:
         seed: int = 0,
         name: str = "eco-guard",
         canonical: Canonicalizer | None = None,
+        answers: AnswerCheck | None = None,
     ) -> None:
         if [r.id for r in rules] != list(classifier.target_ids):
             raise ValueError("rules must match the classifier's targets, in order")
@@ -141,6 +143,8 @@ class Guard:
         self.name = name
         self.canonical = canonical
         """Reads disguised prompts (:mod:`eco_guard.canonical`); None for guards fitted before it existed."""
+        self.answers = answers
+        """The output stage's checker (:mod:`eco_guard.output`); None: answers are not checked."""
         self._runner: Runner | None = None
         self._runner_factory: Callable[[], Runner] | None = None
         if runner is not None and not callable(getattr(runner, "generate", None)):
@@ -256,6 +260,7 @@ class Guard:
             scores=scores,
             corruption=corruption,
             error=error,
+            stage="input" if rule is not None else None,
         )
 
     def _error_decision(self, chat: Sequence[dict[str, str]], error: str, latency_ms: float) -> Decision:
@@ -354,7 +359,8 @@ class Guard:
                 options,
             )
             texts.update(zip(todo, answers))
-        results = [GuardedResult(texts[i], d) for i, d in enumerate(decisions)]
+        decisions, final = screen(self, chats, decisions, [texts[i] for i in range(len(chats))], options)
+        results = [GuardedResult(final[i], d) for i, d in enumerate(decisions)]
         for r, c in zip(results, chats):
             self.audit.record(r.decision, c, kind="generate")
         return results
@@ -373,10 +379,49 @@ class Guard:
         """Answer a request that is already decided (and audited by the caller): the
         refusal text, or the local model's answer with the decision's corruption (none
         for a pass). For callers that classify separately, like the LangChain router."""
+        return self.answer_decided_result(chat, decision, options).text
+
+    def answer_decided_result(
+        self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()
+    ) -> GuardedResult:
+        """:meth:`answer_decided` with the final decision (the output stage may have caught the answer)."""
         corruption, mask, refusal = self.route(decision)
         if refusal is not None:
-            return refusal
-        return self.runner.generate([chat], [corruption], [mask], options)[0]
+            return GuardedResult(refusal, decision)
+        answer = self.runner.generate([chat], [corruption], [mask], options)[0]
+        return self.screen_answer(chat, decision, answer, options)
+
+    def screen_answer(
+        self, chat: Messages, decision: Decision, answer: str, options: GenerationOptions = GenerationOptions()
+    ) -> GuardedResult:
+        """Check an answer given to a decided request (by any model); replace it if it reveals a target.
+
+        For callers whose answers come from elsewhere (a chain's downstream model): the
+        result's decision says whether the output stage caught it; auditing a caught answer
+        (kind ``output``) is done here.
+        """
+        decisions, texts = screen(self, [normalize_messages(chat)], [decision], [answer], options)
+        if decisions[0].stage == "output":
+            self.audit.record(decisions[0], chat, kind="output")
+        return GuardedResult(texts[0], decisions[0])
+
+    async def ascreen_answer(
+        self, chat: Messages, decision: Decision, answer: str, options: GenerationOptions = GenerationOptions()
+    ) -> GuardedResult:
+        """Async twin of :meth:`screen_answer`."""
+        return await asyncio.to_thread(self.screen_answer, chat, decision, answer, options)
+
+    def screen_stream(
+        self, chat: Messages, decision: Decision, pieces: Iterator[str], options: GenerationOptions = GenerationOptions()
+    ) -> Iterator[str]:
+        """Stream ``pieces`` (from any model) sentence by sentence, each only once it has passed the output stage."""
+        return screen_stream(self, chat, decision, pieces, options)
+
+    def ascreen_stream(
+        self, chat: Messages, decision: Decision, pieces: AsyncIterator[str], options: GenerationOptions = GenerationOptions()
+    ) -> AsyncIterator[str]:
+        """Async twin of :meth:`screen_stream`."""
+        return ascreen_stream(self, chat, decision, pieces, options)
 
     def stream_decided(
         self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()
@@ -385,7 +430,7 @@ class Guard:
         corruption, mask, refusal = self.route(decision)
         if refusal is not None:
             return iter([refusal])
-        return iter(self.runner.stream(chat, corruption, mask, options))
+        return screen_stream(self, chat, decision, iter(self.runner.stream(chat, corruption, mask, options)), options)
 
     async def astream_decided(
         self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()
@@ -396,7 +441,7 @@ class Guard:
             yield refusal
             return
         runner = await asyncio.to_thread(lambda: self.runner)
-        async for piece in runner.astream(chat, corruption, mask, options):
+        async for piece in ascreen_stream(self, chat, decision, runner.astream(chat, corruption, mask, options), options):
             yield piece
 
     def stream(self, prompt: Prompt, options: GenerationOptions = GenerationOptions()) -> GuardedStream:

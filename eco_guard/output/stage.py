@@ -1,0 +1,208 @@
+"""The output stage on every path an answer takes: check it, and replace it when it reveals a target.
+
+A request that passed the input stage is answered by a model (the local runner, or the
+chain's downstream model). Before the caller sees the answer, the answer classifier
+(:mod:`eco_guard.output.answers`) checks it. An answer that reveals a target is replaced
+as the target's action says:
+
+* ``corrupt``: the prompt is answered again by the local runner through the target's
+  corruption (seeded by the request, as an input-flagged prompt would be);
+* ``refuse``: the target's refusal;
+* ``flag``: the answer passes; the decision and audit record say it was caught.
+
+Streaming holds each sentence back until the answer so far, that sentence included,
+has passed; a sentence that trips the check is never emitted, and the stream goes on
+with the replacement. The added time to first token is one sentence of generation plus
+one check (about a millisecond; ``benchmarks/speed.py``).
+
+These functions take the guard as an argument and keep every per-request value local,
+so the guard stays stateless per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Protocol
+
+from eco_guard.decision import Decision
+from eco_guard.output.answers import AnswerVerdict
+from eco_guard.runner.base import GenerationOptions, Messages
+
+if TYPE_CHECKING:
+    from eco_guard.guard import Guard
+
+#: where a sentence ends in a stream: after . ! ? (and closing quotes or brackets) and
+#: whitespace, or at a line break
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'’”)\]]*\s+|\n")
+
+
+class AnswerCheck(Protocol):
+    """What the output stage needs of a checker: one verdict per answer."""
+
+    def check(self, answers: Sequence[str]) -> list[AnswerVerdict]: ...
+
+
+def needs_check(guard: Guard, decision: Decision) -> bool:
+    """Answers of requests the input stage passed are checked; flagged ones were already handled there."""
+    return guard.answers is not None and decision.action == "pass"
+
+
+def caught(decision: Decision, verdict: AnswerVerdict, guard: Guard, chat: Messages) -> Decision:
+    """The decision once the output stage has judged the answer (caught or not)."""
+    scored = replace(decision, output_score=round(verdict.score, 6), output_threshold=verdict.threshold)
+    if not verdict.flagged or verdict.target is None:
+        return scored
+    rule = guard.rule(verdict.target)
+    corruption = None
+    if rule.action == "corrupt":
+        corruption = {**rule.corruption.with_seed(guard._request_seed(chat)).to_dict(), "scope": rule.mask.scope}
+    return replace(scored, flagged=True, action=rule.action, target=verdict.target, stage="output", corruption=corruption)
+
+
+def screen(
+    guard: Guard, chats: Sequence[Messages], decisions: Sequence[Decision], texts: Sequence[str], options: GenerationOptions
+) -> tuple[list[Decision], list[str]]:
+    """Check each passed request's answer; re-answer, refuse or keep the ones that reveal a target.
+
+    One batched check for all answers, and one batched generate for all re-answers.
+    """
+    decisions, texts = list(decisions), list(texts)
+    todo = [i for i, d in enumerate(decisions) if needs_check(guard, d)]
+    if not todo:
+        return decisions, texts
+    assert guard.answers is not None
+    verdicts = guard.answers.check([texts[i] for i in todo])
+    redo: list[int] = []
+    for i, verdict in zip(todo, verdicts):
+        decisions[i] = caught(decisions[i], verdict, guard, chats[i])
+        if decisions[i].stage == "output":
+            if decisions[i].action == "refuse":
+                texts[i] = guard.rule(decisions[i].target or "").refusal
+            elif decisions[i].action == "corrupt":
+                redo.append(i)
+    if redo:
+        routes = [guard.route(decisions[i]) for i in redo]
+        answers = guard.runner.generate([chats[i] for i in redo], [r[0] for r in routes], [r[1] for r in routes], options)
+        for i, answer in zip(redo, answers):
+            texts[i] = answer
+    return decisions, texts
+
+
+def complete_sentences(buffer: str) -> tuple[list[str], str]:
+    """Split ``buffer`` into its complete sentences (each with its trailing whitespace) and the unfinished rest.
+
+    A sentence is complete once whitespace follows its end mark, so the text the caller
+    sees, joined back, is exactly the model's.
+    """
+    end = 0
+    out: list[str] = []
+    for m in _SENTENCE_END.finditer(buffer):
+        out.append(buffer[end : m.end()])
+        end = m.end()
+    return out, buffer[end:]
+
+
+def _sentences(pieces: Iterable[str]) -> Iterator[str]:
+    """Regroup streamed pieces into sentences; the last may be unfinished."""
+    buffer = ""
+    for piece in pieces:
+        done, buffer = complete_sentences(buffer + piece)
+        yield from done
+    if buffer:
+        yield buffer
+
+
+def _trip(guard: Guard, chat: Messages, decision: Decision, answer: str) -> Decision | None:
+    """The caught decision when ``answer`` (so far) reveals a target, else None."""
+    assert guard.answers is not None
+    verdict = guard.answers.check([answer])[0]
+    return caught(decision, verdict, guard, chat) if verdict.flagged else None
+
+
+def screen_stream(
+    guard: Guard, chat: Messages, decision: Decision, pieces: Iterator[str], options: GenerationOptions
+) -> Iterator[str]:
+    """Emit ``pieces`` sentence by sentence, each only once the answer so far has passed the check.
+
+    On a trip the caught decision is audited (kind ``output``); for ``flag`` the answer
+    then streams on unchecked, otherwise the upstream is closed and the replacement
+    streams instead of the sentence.
+    """
+    if not needs_check(guard, decision):
+        yield from pieces
+        return
+    emitted = ""
+    sentences = _sentences(pieces)
+    for sentence in sentences:
+        final = _trip(guard, chat, decision, emitted + sentence)
+        if final is None:
+            emitted += sentence
+            yield sentence
+            continue
+        guard.audit.record(final, chat, kind="output")
+        if final.action == "flag":
+            yield sentence
+            yield from sentences
+            return
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+        yield from _replacement(guard, chat, final, options)
+        return
+
+
+def _replacement(guard: Guard, chat: Messages, final: Decision, options: GenerationOptions) -> Iterator[str]:
+    corruption, mask, refusal = guard.route(final)
+    if refusal is not None:
+        yield refusal
+    else:
+        yield from guard.runner.stream(chat, corruption, mask, options)
+
+
+async def ascreen_stream(
+    guard: Guard, chat: Messages, decision: Decision, pieces: AsyncIterator[str], options: GenerationOptions
+) -> AsyncIterator[str]:
+    """Async twin of :func:`screen_stream`."""
+    if not needs_check(guard, decision):
+        async for piece in pieces:
+            yield piece
+        return
+    emitted, buffer = "", ""
+    final: Decision | None = None
+    async for piece in pieces:
+        done, buffer = complete_sentences(buffer + piece)
+        for k, sentence in enumerate(done):
+            final = _trip(guard, chat, decision, emitted + sentence)
+            if final is not None:
+                buffer = "".join(done[k:]) + buffer
+                break
+            emitted += sentence
+            yield sentence
+        if final is not None:
+            break
+    else:
+        if buffer:
+            final = _trip(guard, chat, decision, emitted + buffer)
+            if final is None:
+                yield buffer
+    if final is None:
+        return
+    guard.audit.record(final, chat, kind="output")
+    if final.action == "flag":
+        yield buffer
+        async for piece in pieces:
+            yield piece
+        return
+    aclose = getattr(pieces, "aclose", None)
+    if aclose is not None:
+        await aclose()
+    corruption, mask, refusal = guard.route(final)
+    if refusal is not None:
+        yield refusal
+    else:
+        runner = await asyncio.to_thread(lambda: guard.runner)
+        async for piece in runner.astream(chat, corruption, mask, options):
+            yield piece
