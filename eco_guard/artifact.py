@@ -26,6 +26,7 @@ import yaml
 
 from .audit import AuditSink, JsonlAudit, NullAudit
 from .canonical import Canonicalizer
+from .language import LanguagePolicy
 from .output.answers import AnswerClassifier
 from .classifier import Classifier, Encoder, resolve_encoder_path
 from .corruption import Corruption
@@ -184,6 +185,9 @@ def load_guard(
     return Guard(
         canonical=canonical,
         answers=AnswerClassifier.load(directory, canonical),
+        languages=LanguagePolicy(
+            tuple(policy.languages.calibrated), policy.languages.other, policy.languages.min_confidence
+        ),
         classifier=classifier,
         rules=rules,
         runner=runner if runner is not None else make_runner,

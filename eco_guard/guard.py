@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +26,7 @@ from .output.stage import AnswerCheck, ascreen_stream, screen, screen_stream
 from .corruption import Corruption
 from .decision import Decision, GuardedResult
 from .errors import EcoGuardError, InputError, UserError
+from .language import LanguagePolicy
 from .runner.base import GenerationOptions, MaskSpec, Messages, Runner, normalize_messages
 
 Prompt = str | Messages
@@ -131,6 +132,7 @@ class Guard:
         name: str = "eco-guard",
         canonical: Canonicalizer | None = None,
         answers: AnswerCheck | None = None,
+        languages: LanguagePolicy | None = None,
     ) -> None:
         if [r.id for r in rules] != list(classifier.target_ids):
             raise ValueError("rules must match the classifier's targets, in order")
@@ -145,6 +147,8 @@ class Guard:
         """Reads disguised prompts (:mod:`eco_guard.canonical`); None for guards fitted before it existed."""
         self.answers = answers
         """The output stage's checker (:mod:`eco_guard.output`); None: answers are not checked."""
+        self.languages = languages
+        """The language policy (:mod:`eco_guard.language`); None: languages are not judged."""
         self._runner: Runner | None = None
         self._runner_factory: Callable[[], Runner] | None = None
         if runner is not None and not callable(getattr(runner, "generate", None)):
@@ -202,7 +206,27 @@ class Guard:
         The building block for callers that batch generation themselves (the server's
         micro-batcher); they must write the audit record themselves.
         """
-        return self._decide_groups(chats, [classification_texts(m, self.canonical) for m in chats], time.perf_counter())
+        decisions = self._decide_groups(chats, [classification_texts(m, self.canonical) for m in chats], time.perf_counter())
+        if self.languages is None:
+            return decisions
+        return [self._with_language(chat, d) for chat, d in zip(chats, decisions)]
+
+    def _with_language(self, chat: Sequence[dict[str, str]], decision: Decision) -> Decision:
+        """Record the prompt's language; a prompt the classifier passed in an uncalibrated language gets the policy's action.
+
+        The target is the highest-scoring one (its refusal text or corruption applies).
+        """
+        assert self.languages is not None
+        language, foreign = self.languages.judge(_user_turns(chat)[-1])
+        if not foreign or decision.flagged or self.languages.other == "pass" or not decision.scores:
+            return replace(decision, language=language)
+        target = max(decision.scores, key=lambda t: decision.scores[t])
+        rule = self._rules_by_id[target]
+        action = self.languages.other
+        corruption = None
+        if action == "corrupt":
+            corruption = {**rule.corruption.with_seed(self._request_seed(chat)).to_dict(), "scope": rule.mask.scope}
+        return replace(decision, flagged=True, action=action, target=target, stage="input", corruption=corruption, language=language)
 
     def _decide_groups(
         self, chats: Sequence[list[dict[str, str]]], groups: Sequence[list[str]], start: float

@@ -171,7 +171,11 @@ class GuardService:
         if refusal is not None:
             return Answer(refusal, count_tokens(self.runner, refusal), decision)
         text, n_tokens = await self._generator.submit(_GenRow(job.chat, corruption, mask, job.options))
-        return Answer(text, n_tokens, decision)
+        # The output stage: an answer revealing a target is replaced before it leaves the server.
+        final = await self.guard.ascreen_answer(job.chat, decision, text, job.options)
+        if final.text != text:
+            return Answer(final.text, count_tokens(self.runner, final.text), final.decision)
+        return Answer(text, n_tokens, final.decision)
 
     async def stream(self, job: ChatJob) -> tuple[Decision, AsyncIterator[str]]:
         """Decide, then stream the answer piece by piece (bypassing the generate batcher)."""
