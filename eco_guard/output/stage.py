@@ -86,9 +86,19 @@ def screen(
     if redo:
         routes = [guard.route(decisions[i]) for i in redo]
         answers = guard.runner.generate([chats[i] for i in redo], [r[0] for r in routes], [r[1] for r in routes], options)
-        for i, answer in zip(redo, answers):
+        again = guard.answers.check(answers)
+        for i, answer, verdict in zip(redo, answers, again):
+            # The corrupted answer is checked too; one that still reveals the target is refused.
+            if verdict.flagged:
+                decisions[i] = refused(decisions[i])
+                answer = guard.rule(decisions[i].target or "").refusal
             texts[i] = answer
     return decisions, texts
+
+
+def refused(decision: Decision) -> Decision:
+    """The decision once a corrupted re-answer also revealed the target: refused instead."""
+    return replace(decision, action="refuse", corruption=None)
 
 
 def complete_sentences(buffer: str) -> tuple[list[str], str]:
@@ -155,11 +165,24 @@ def screen_stream(
 
 
 def _replacement(guard: Guard, chat: Messages, final: Decision, options: GenerationOptions) -> Iterator[str]:
+    """The refusal, or the corrupted re-answer, itself held sentence by sentence: a re-answer that
+    still reveals the target goes on as the refusal."""
     corruption, mask, refusal = guard.route(final)
     if refusal is not None:
         yield refusal
-    else:
-        yield from guard.runner.stream(chat, corruption, mask, options)
+        return
+    emitted = ""
+    pieces = iter(guard.runner.stream(chat, corruption, mask, options))
+    for sentence in _sentences(pieces):
+        if guard.answers is not None and guard.answers.check([emitted + sentence])[0].flagged:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+            guard.audit.record(refused(final), chat, kind="output")
+            yield guard.rule(final.target or "").refusal
+            return
+        emitted += sentence
+        yield sentence
 
 
 async def ascreen_stream(
@@ -202,7 +225,25 @@ async def ascreen_stream(
     corruption, mask, refusal = guard.route(final)
     if refusal is not None:
         yield refusal
-    else:
-        runner = await asyncio.to_thread(lambda: guard.runner)
-        async for piece in runner.astream(chat, corruption, mask, options):
-            yield piece
+        return
+    runner = await asyncio.to_thread(lambda: guard.runner)
+    emitted, buffer = "", ""
+    stream = runner.astream(chat, corruption, mask, options)
+    async for piece in stream:
+        done, buffer = complete_sentences(buffer + piece)
+        for sentence in done:
+            if guard.answers is not None and guard.answers.check([emitted + sentence])[0].flagged:
+                aclose_replacement = getattr(stream, "aclose", None)
+                if aclose_replacement is not None:
+                    await aclose_replacement()
+                guard.audit.record(refused(final), chat, kind="output")
+                yield guard.rule(final.target or "").refusal
+                return
+            emitted += sentence
+            yield sentence
+    if buffer:
+        if guard.answers is not None and guard.answers.check([emitted + buffer])[0].flagged:
+            guard.audit.record(refused(final), chat, kind="output")
+            yield guard.rule(final.target or "").refusal
+        else:
+            yield buffer
