@@ -109,6 +109,10 @@ def _distinctive_parts(name: str) -> list[str]:
     return [w for w in re.findall(r"[^\W\d_][\w'’-]*", name) if len(w) >= 4 and w.lower() not in everyday]
 
 
+def _any_case(names: Sequence[str]) -> re.Pattern[str]:
+    return re.compile(names_pattern(names).pattern, re.IGNORECASE)
+
+
 class AnswerClassifier:
     """Per-target logistic heads over lexical and name features, with one conformal threshold.
 
@@ -137,8 +141,9 @@ class AnswerClassifier:
         self.bias = bias
         self.threshold = float(threshold)
         self.canonical = canonical
-        self._full = [names_pattern(ns) if ns else None for ns in self.names]
-        self._parts = [names_pattern(ps) if (ps := [p for nm in ns for p in _distinctive_parts(nm)]) else None for ns in self.names]
+        # Case-insensitive: an answer asked for in lower case or "rAnDoM cAsE" still names the target.
+        self._full = [_any_case(ns) if ns else None for ns in self.names]
+        self._parts = [_any_case(ps) if (ps := [p for nm in ns for p in _distinctive_parts(nm)]) else None for ns in self.names]
 
     def _features(self, texts: Sequence[str]) -> sparse.csr_matrix:
         lex = self.lexicon.transform(texts)
