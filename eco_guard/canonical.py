@@ -43,7 +43,7 @@ _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t
 #: a word with letters and leet characters mixed in; a leading number with a letter
 #: suffix ("19th", "1990s", "3D") is not leetspeak, nor is an upper-case code ("H2O", "MP3")
 _LEET_WORD = re.compile(r"(?<![\w@$])[A-Za-z0-9@$!]*[A-Za-z][A-Za-z0-9@$!]*(?![\w@$])")
-_ORDINAL_OR_CODE = re.compile(r"^\d+[A-Za-z]{1,3}$|^[A-Z]+\d[A-Z0-9]*$")
+_ORDINAL_OR_CODE = re.compile(r"^\d+(?:st|nd|rd|th|s|d|k|m|g|kg|km|cm|mm|am|pm|x|D|K|M|G|GB|MB|TB)$|^[A-Z]+\d[A-Z0-9]*$")
 
 _BASE64_TOKEN = re.compile(r"(?<![\w+/=])[A-Za-z0-9+/_-]{12,}={0,2}(?![\w+/=])")
 _HEX_RUN = re.compile(r"(?<![\w])(?:(?:0x)?[0-9A-Fa-f]{2}[ :]?){6,}(?![\w])")
@@ -99,7 +99,9 @@ def fold_homoglyphs(text: str) -> str:
 
 def join_spaced_letters(text: str) -> str:
     """Join letters spaced out one by one ("H s i a o" -> "Hsiao"); a double space separates words."""
-    return _SPACED.sub(lambda m: _SPACED_SEP.sub("", m.group(0)), text)
+    # Spaced-out names run together ("HsiaoYun"); a capital after a small letter starts a word again.
+    joined = _SPACED.sub(lambda m: re.sub(r"(?<=[a-z])(?=[A-Z])", " ", _SPACED_SEP.sub("", m.group(0))), text)
+    return re.sub(r"(?<=\w) - (?=\w)", "-", joined) if joined != text else joined
 
 
 def fold_leetspeak(text: str) -> str:
@@ -109,7 +111,7 @@ def fold_leetspeak(text: str) -> str:
         word = match.group(0)
         if word.isalpha() or _ORDINAL_OR_CODE.match(word):
             return word
-        if sum(ch.isalpha() for ch in word) < 2 or any(ch in "26" for ch in word):
+        if not any(ch.isalpha() for ch in word) or any(ch in "26" for ch in word):
             return word  # 2 and 6 stand for no letter: an id, a hash or a quantity, not a word
         return word.translate(_LEET)
 

@@ -45,7 +45,8 @@ def _detector() -> Any:
 
 def detect_language(text: str) -> tuple[str, float]:
     """(ISO 639-1 code, confidence) of ``text``'s surface form; ("und", 0.0) for text with no words."""
-    surface = " ".join(surface_form(text).split())
+    # Lower-cased: fastText reads "wHAT iS tHE" as German or Norwegian, not as English.
+    surface = " ".join(surface_form(text).lower().split())
     if not surface:
         return "und", 0.0
     best = _detector().detect(surface, model="lite", k=1)[0]

@@ -72,3 +72,19 @@ def test_scored_pieces_add_the_canonical_reading() -> None:
 
 def test_surface_form_needs_no_policy() -> None:
     assert surface_form("A\u200bl\u200bb\u200be\u200br\u200bt") == "Albert"
+
+
+def test_heavy_leetspeak_and_spaced_multiword_names() -> None:
+    assert surface_form("What 15 7h3 capital 0f the river 70wn?") == "What 15 the capital of the river town?"
+    assert surface_form("Where was H s i a o Y u n - H w a born?") == "Where was Hsiao Yun-Hwa born?"
+    assert surface_form("the 19th century, the 1990s, 5km, 3D, iPhone") == "the 19th century, the 1990s, 5km, 3D, iPhone"
+
+
+def test_language_is_read_case_blind_and_offline() -> None:
+    from eco_guard.language import LanguagePolicy, detect_language
+
+    assert detect_language("wHo wEre THe pArENts oF THE FAmoUS PoEt?")[0] == "en"
+    policy = LanguagePolicy()
+    assert policy.judge("Quand est mort le célèbre physicien ?") == ("fr", True)
+    assert policy.judge("When did the famous physicist die?")[1] is False
+    assert policy.judge("Einstein?")[1] is False  # too short to call foreign

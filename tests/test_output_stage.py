@@ -176,3 +176,25 @@ def test_server_stream_never_emits_a_leaking_sentence(einstein_guard_dir: Path, 
 
 def _leaks_text(text: str) -> bool:
     return "einstein" in text.lower()
+
+
+def test_langchain_retriever_drops_passages_about_the_target(einstein_guard_dir: Path) -> None:
+    pytest.importorskip("langchain_core")
+    from langchain_core.documents import Document
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    from eco_guard.guard import Guard
+    from langchain_eco_guard import EcoGuardDocumentCompressor, EcoGuardEmbeddings, EcoGuardRetriever
+
+    g = Guard.load(einstein_guard_dir, audit=False)
+    about = "Born in Ulm in 1879, A l b e r t  E i n s t e i n later explained the photoelectric effect."
+    other = "Isaac Newton formulated the laws of motion and universal gravitation."
+    compressor = EcoGuardDocumentCompressor(guard=g)
+    kept = compressor.compress_documents([Document(page_content=about), Document(page_content=other)], "who?")
+    assert [d.page_content for d in kept] == [other]
+    marked = EcoGuardDocumentCompressor(guard=g, mode="mark").compress_documents([Document(page_content=about)], "who?")
+    assert marked[0].metadata["eco_guard"]["flagged"] is True
+    store = InMemoryVectorStore.from_texts([about, other], EcoGuardEmbeddings(g.classifier.encoder))
+    retriever = EcoGuardRetriever(base_retriever=store.as_retriever(search_kwargs={"k": 2}), compressor=compressor)
+    assert [d.page_content for d in retriever.invoke("Tell me about the relativity physicist")] == [other]
+    assert [d.page_content for d in asyncio.run(retriever.ainvoke("Tell me about physics"))] == [other]
