@@ -62,10 +62,11 @@ def test_everyday_words_are_never_corrected_into_a_name() -> None:
     assert max_typos(4) == 0 and max_typos(6) == 1 and max_typos(9) == 2
 
 
-def test_scored_pieces_add_the_canonical_reading() -> None:
-    pieces = scored_pieces("When did E i n s t e i n die?", READER)
-    assert pieces[0] == "When did E i n s t e i n die?"
-    assert "When did Einstein die?" in pieces
+def test_scored_pieces_read_disguised_text_canonically_and_typos_both_ways() -> None:
+    # disguised: the written form is noise to the encoder, so only the canonical reading is scored
+    assert scored_pieces("When did E i n s t e i n die?", READER) == ["When did Einstein die?"]
+    # plain text with a misspelt name: both readings, the higher score decides
+    assert scored_pieces("When did einstien die?", READER) == ["When did einstien die?", "When did einstein die?"]
     assert scored_pieces("When did Newton die?", READER) == ["When did Newton die?"]
     assert scored_pieces("When did E i n s t e i n die?", None) == ["When did E i n s t e i n die?"]
 
