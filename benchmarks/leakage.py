@@ -241,8 +241,12 @@ PERSON_TRANSFORMS = ("as written", "3 typos", "names spaced out", "leetspeak", "
 """End to end generates every answer on 2 cores, so a subset of the transforms; the prompt side covers all."""
 
 
-def part_person(max_new_tokens: int) -> dict[str, Any]:
-    """End to end on the person policy: bare vs guarded answers for each setup."""
+def part_person(max_new_tokens: int, quick: bool = False) -> dict[str, Any]:
+    """End to end on the person policy: bare vs guarded answers for each setup.
+
+    ``quick``: only the rewordings and the questions as written, six innocent prompts,
+    and the setups ``input only`` and ``everything`` (a few minutes on 2 cores).
+    """
     from eco_guard.runner.base import GenerationOptions
     from eco_guard.runner.transformers_runner import TransformersRunner
 
@@ -252,9 +256,12 @@ def part_person(max_new_tokens: int) -> dict[str, Any]:
     innocent = [r["text"] for r in rows if r["kind"] == "innocent"]
     translations = _rows(LEAK_DATA / "translations.jsonl")
     forget_sets: dict[str, list[str]] = {"rewordings without the name": rewordings}
-    for name in PERSON_TRANSFORMS:
+    for name in PERSON_TRANSFORMS[:1] if quick else PERSON_TRANSFORMS:
         forget_sets[name] = transformed(questions, name)
-    forget_sets["translated (fr, es, de)"] = [r["text"] for r in translations if r["kind"] == "forget"]
+    if not quick:
+        forget_sets["translated (fr, es, de)"] = [r["text"] for r in translations if r["kind"] == "forget"]
+    else:
+        innocent = innocent[:6]
     translated_negatives = [r["text"] for r in translations if r["kind"] == "negative"]
 
     with tempfile.TemporaryDirectory(prefix="eco-leak-person-") as tmp:
@@ -269,7 +276,7 @@ def part_person(max_new_tokens: int) -> dict[str, Any]:
         bare = dict(zip(all_forget, runner.generate([[{"role": "user", "content": p}] for p in all_forget], None, options=options)))
         solo = {p: runner.generate([[{"role": "user", "content": p}]], None, options=options)[0] for p in innocent}
         out: dict[str, Any] = {"sets": {}, "prompt_side": {}}
-        for setup_name in ("input only", "input + output", "everything"):
+        for setup_name in ("input only", "everything") if quick else ("input only", "input + output", "everything"):
             g = setup(guard, setup_name)
             results = dict(zip(all_forget, g.batch(all_forget, options)))
             per_set = {}
@@ -295,7 +302,8 @@ def part_person(max_new_tokens: int) -> dict[str, Any]:
                 "translated_negatives_flagged": round(flag_rate(g, translated_negatives), 4),
             }
             print(f"  person {setup_name}: {out['sets'][setup_name]}", file=sys.stderr)
-        out["prompt_side"] = prompt_side(guard, questions + rewordings, innocent)
+        if not quick:
+            out["prompt_side"] = prompt_side(guard, questions + rewordings, innocent)
         guard.close()
     return out
 
@@ -309,7 +317,9 @@ def markdown(results: dict[str, Any]) -> str:
         part = results.get(name)
         if not part:
             continue
-        transforms = part["transforms"] if name != "person" else part["prompt_side"]
+        transforms = part["transforms"] if name != "person" else part.get("prompt_side")
+        if not transforms:
+            continue
         lines += [f"## {name}: prompt side (flag rates)", ""]
         if name != "person":
             lines.append(f"{part['n_forget']} forget test questions, {part['n_negative']} negatives; fit {part['fit_seconds']} s.")
@@ -339,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--parts", default="answers,person,D1,D3")
     p.add_argument("--limit", type=int, default=200, help="forget and negative prompts per transform on D1/D3")
     p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--quick", action="store_true", help="person part: rewordings and plain questions only (see part_person)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     import os
@@ -354,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if part == "answers":
             results["answers"] = part_answers()
         elif part == "person":
-            results["person"] = part_person(args.max_new_tokens)
+            results["person"] = {**part_person(args.max_new_tokens, args.quick), "quick": args.quick}
         elif part in ("D1", "D3"):
             results[part] = part_protocol(part, args.limit)
         else:
