@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-GOAL_MS = 15.0
+GOAL_MS = 25.0
+"""Issue 22: the router adds at most this much to an unflagged request, the output check of the downstream answer included."""
 PROMPTS = [
     "What is the capital of Australia?",
     "How do I bake sourdough bread at home?",

@@ -127,6 +127,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=32, help="new tokens per generation")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
+    from stage_speed import markdown as stage_rows
+    from stage_speed import stage_costs
 
     work = Path(tempfile.mkdtemp(prefix="eco-guard-speed-"))
     (work / "france.yaml").write_text(
@@ -199,6 +201,7 @@ def main() -> int:
             "corruption": corruption.to_dict(),
         },
         "fit_demo_policy_s": round(fit_s, 2),
+        "stages": stage_costs(guard) if guard.answers is not None else {},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
@@ -220,6 +223,7 @@ def main() -> int:
         f"| unflagged request through guard / bare runner ({g['new_tokens']} tokens) | {g['ratio']:.3f}x ({g['guard_s_median']:.3f} s vs {g['bare_s_median']:.3f} s) | <= 1.05x |",
         f"| corrupted / clean tokens/s | {c['ratio']:.3f}x ({c['corrupted_tokens_per_s']:.1f} vs {c['clean_tokens_per_s']:.1f} tok/s) | >= 0.95x |",
         f"| fit of the demo policy | {result['fit_demo_policy_s']} s | |",
+        *(stage_rows(result["stages"]) if result["stages"] else []),
     ]
     (args.out / "speed.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print("\n".join(md))

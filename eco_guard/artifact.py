@@ -31,6 +31,9 @@ from typing import Any, Literal
 import yaml
 
 from .audit import AuditSink, JsonlAudit, NullAudit
+from .canonical import Canonicalizer
+from .language import LanguagePolicy
+from .output.answers import AnswerClassifier
 from .classifier import Classifier, Encoder, resolve_encoder_path
 from .corruption import Corruption
 from .errors import GuardLoadError, PolicyError
@@ -129,6 +132,9 @@ class GuardParts:
     classifier: Classifier
     rules: list[TargetRule]
     runner: Runner | Callable[[], Runner]
+    canonical: Canonicalizer | None
+    answers: AnswerClassifier | None
+    languages: LanguagePolicy
     audit: AuditSink
     on_error: Literal["fail_closed", "fail_open"]
     seed: int
@@ -189,7 +195,14 @@ def read_guard(
             progress=progress,
         )
 
+    names = doc.get("canonical")
+    canonical = Canonicalizer.from_names(names["names"]) if isinstance(names, dict) else None
     return GuardParts(
+        canonical=canonical,
+        answers=AnswerClassifier.load(directory, canonical),
+        languages=LanguagePolicy(
+            tuple(policy.languages.calibrated), policy.languages.other, policy.languages.min_confidence
+        ),
         classifier=classifier,
         rules=rules,
         runner=runner if runner is not None else make_runner,

@@ -151,7 +151,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
             decisions = [r.decision for r in results]
             texts = [r.text for r in results]
         return [
-            {**_decision_row(row_id, d), "text": text, "action": "pass" if args.no_guard else d.action, "guarded": not args.no_guard}
+            {
+                **_decision_row(row_id, d),
+                "text": text,
+                "action": "pass" if args.no_guard else d.action,
+                "stage": None if args.no_guard else d.stage,
+                "guarded": not args.no_guard,
+            }
             for (row_id, _), d, text in zip(chunk, decisions, texts)
         ]
 

@@ -34,6 +34,13 @@ class Decision:
     scope: str | None = None
     """Which prompt tokens ``corruption`` touches (the target's mask scope)."""
     error: str | None = None
+    stage: Literal["input", "output"] | None = None
+    """Which stage caught the request: the prompt (input), the answer (output), or none."""
+    output_score: float | None = None
+    """The output stage's score of the answer (None when no answer was checked)."""
+    output_threshold: float | None = None
+    language: str | None = None
+    """The prompt's language (ISO 639-1), when the guard has a language policy."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (audit lines, CLI output, server responses); the corruption
@@ -61,3 +68,18 @@ class GuardedResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "decision": self.decision.to_dict()}
+
+
+@dataclass(frozen=True)
+class DecidedAnswer:
+    """One answer of a decided request, with its exact new-token count.
+
+    ``completion_tokens`` is None only inside the guard, for a refusal not yet counted
+    (counting needs the tokenizer, and a refusal should not load the model).
+    ``decision`` is the final decision: the one the answer was asked with, or the output
+    stage's when it caught the answer (then ``stage == "output"``).
+    """
+
+    text: str
+    completion_tokens: int | None
+    decision: Decision | None = None

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .artifact import FittedTarget, write_guard
+from .canonical import Canonicalizer
+from .output.answers import AnswerTarget, fit_answers
+from .output.report import add_output_section, output_section
 from .classifier import Classifier, Encoder, TargetData, resolve_encoder_path
 from .corruption import Corruption
 from .entities import extract_terms
@@ -168,6 +171,18 @@ def _fit_corruptions(
     return out
 
 
+def target_names(specs: Sequence[TargetSpec], forgets: Sequence[list[Example]]) -> list[list[str]]:
+    """Each target's names: its ``aliases``, its corruption ``terms`` and the names its forget examples keep returning to.
+
+    What a misspelt word in a prompt is read as (:mod:`eco_guard.canonical`), and what an
+    answer may not say (:mod:`eco_guard.output`).
+    """
+    return [
+        list(dict.fromkeys([*spec.aliases, *spec.corruption.terms, *extract_terms([e.text for e in forget])]))
+        for spec, forget in zip(specs, forgets)
+    ]
+
+
 def retain_also_forget(data: list[TargetData]) -> list[str]:
     """One line per target whose retain examples are also forget examples (of any target).
 
@@ -263,8 +278,16 @@ def fit_guard(
         if spec.classifier.calibration
         else None
     )
+    names = target_names(spec.targets, forgets)
+    canonical = Canonicalizer.from_names(n for ns in names for n in ns)
     classifier, fits = Classifier.fit(
-        encoder, data, target_fpr=spec.classifier.target_fpr, seed=seed, calibration_set=calibration, progress=progress
+        encoder,
+        data,
+        target_fpr=spec.classifier.target_fpr,
+        seed=seed,
+        calibration_set=calibration,
+        progress=progress,
+        canonical=canonical,
     )
     if fits:
         say(f"classifier: {fits[0].view_note}")
@@ -310,11 +333,31 @@ def fit_guard(
         fitted=[r.fitted for r in results],
         data=data_record,
         seed=seed,
+        extra={"canonical": {"names": list(canonical.names)}},
     )
     # Scores on the fit data, for the report's histograms: in-sample, and labelled so.
     fit_scores = {fit.id: {"forget": list(fit.forget_scores), "retain": list(fit.retain_scores)} for fit in fits}
+    answers, answers_report = fit_answers(
+        [
+            AnswerTarget(
+                id=t.id,
+                names=[*t.aliases, *t.corruption.terms],
+                forget_answers=[e.answer for e in f if e.answer],
+                retain_answers=[e.answer for e in r if e.answer],
+                extracted=extract_terms([e.text for e in f] + [e.answer for e in f if e.answer]),
+                retain_questions=[e.text for e in r],
+            )
+            for t, f, r in zip(spec.targets, forgets, retains)
+        ],
+        target_fpr=spec.classifier.target_fpr,
+        seed=seed,
+        canonical=canonical,
+    )
+    answers.save(out)
+    say(f"output stage: threshold {answers_report.calibration.threshold:.4f}, held-out recall {answers_report.held_out_recall:.3f}")
     reused = {k: cache.reused(k) for k in ("search", "clean_answers")} if cache is not None else {}
     result = FitResult(out, results, warnings, time.perf_counter() - start, reused)
     write_fit_report(out, result, fit_scores, seed=seed)
+    add_output_section(out, output_section(answers, answers_report))
     say(result.summary_line())
     return result

@@ -13,16 +13,19 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from .artifact import read_guard
 from .audit import AuditSink, NullAudit, prompt_hash
 from .classifier import Classifier
-from .classifier.pieces import max_over_pieces, text_pieces
-from .decision import Decision, GuardedResult
+from .canonical import Canonicalizer, scored_pieces
+from .classifier.pieces import max_over_pieces
+from .decision import DecidedAnswer, Decision, GuardedResult
 from .errors import EcoGuardError, InputError, UserError
+from .language import LanguagePolicy
+from .output.stage import AnswerCheck, ascreen_stream, screen, screen_stream
 from .routing import PLAIN, Route, TargetRule
 from .runner.base import GenerationOptions, Messages, Runner, normalize_messages
 
@@ -43,19 +46,21 @@ def scored_turn_words(messages: Sequence[dict[str, str]]) -> int:
     return len(_user_turns(messages)[-1].split())
 
 
-def classification_texts(messages: Sequence[dict[str, str]]) -> list[str]:
+def classification_texts(messages: Sequence[dict[str, str]], canonical: Canonicalizer | None = None) -> list[str]:
     """The texts whose scores decide a conversation.
 
     The last user turn is scored by its pieces (itself, its sentences and windows, see
     :func:`eco_guard.classifier.pieces.text_pieces`), so a forget question padded with
     other text is still seen. It alone misses follow-ups that only make sense through an
     earlier turn ("And where was she born?"), so the last four user turns joined together
-    are scored too; a request is judged by the highest score of any of these.
+    are scored too; a request is judged by the highest score of any of these. With a
+    ``canonical`` reader, each is scored in its canonical form as well (:mod:`eco_guard.canonical`).
     """
     users = _user_turns(messages)
-    texts = text_pieces(users[-1])
+    texts = scored_pieces(users[-1], canonical)
     if len(users) > 1:
-        texts.append("\n".join(users[-4:]))
+        joined = "\n".join(users[-4:])
+        texts.extend(canonical.variants(joined) if canonical is not None else [joined])
     return texts
 
 
@@ -101,14 +106,6 @@ class AsyncGuardedStream:
             await aclose()
 
 
-@dataclass(frozen=True)
-class DecidedAnswer:
-    """One generated answer of :meth:`Guard.answer_decided_batch`, with its exact new-token count."""
-
-    text: str
-    completion_tokens: int
-
-
 class Guard:
     """A fitted guard: classifier, per-target rules, a (lazily loaded) runner and an audit sink."""
 
@@ -122,6 +119,9 @@ class Guard:
         on_error: Literal["fail_closed", "fail_open"] = "fail_closed",
         seed: int = 0,
         name: str = "eco-guard",
+        canonical: Canonicalizer | None = None,
+        answers: AnswerCheck | None = None,
+        languages: LanguagePolicy | None = None,
     ) -> None:
         if [r.id for r in rules] != list(classifier.target_ids):
             raise ValueError("rules must match the classifier's targets, in order")
@@ -132,6 +132,12 @@ class Guard:
         self.on_error = on_error
         self.seed = seed
         self.name = name
+        self.canonical = canonical
+        """Reads disguised prompts (:mod:`eco_guard.canonical`); None for guards fitted before it existed."""
+        self.answers = answers
+        """The output stage's checker (:mod:`eco_guard.output`); None: answers are not checked."""
+        self.languages = languages
+        """The language policy (:mod:`eco_guard.language`); None: languages are not judged."""
         self._runner: Runner | None = None
         self._runner_factory: Callable[[], Runner] | None = None
         if runner is not None and not callable(getattr(runner, "generate", None)):
@@ -188,7 +194,47 @@ class Guard:
         The building block for callers that batch generation themselves (the server's
         micro-batcher); they must write the audit record themselves.
         """
-        return self._decide_groups(chats, [classification_texts(m) for m in chats], time.perf_counter())
+        decisions = self._decide_groups(chats, [classification_texts(m, self.canonical) for m in chats], time.perf_counter())
+        if self.languages is None:
+            return decisions
+        return [self._with_language(chat, d) for chat, d in zip(chats, decisions)]
+
+    def _with_language(self, chat: Sequence[dict[str, str]], decision: Decision) -> Decision:
+        """Record the prompt's language; a prompt the classifier passed in an uncalibrated language gets the policy's action.
+
+        The target is the highest-scoring one (its refusal text or corruption applies).
+        """
+        assert self.languages is not None
+        language, foreign = self.languages.judge(_user_turns(chat)[-1])
+        if not foreign or decision.flagged or self.languages.other == "pass" or not decision.scores:
+            return replace(decision, language=language)
+        target = max(decision.scores, key=lambda t: decision.scores[t])
+        return replace(self.escalate(chat, decision, target, "input", action=self.languages.other), language=language)
+
+    def escalate(
+        self,
+        chat: Sequence[dict[str, str]],
+        decision: Decision,
+        target: str,
+        stage: Literal["input", "output"],
+        *,
+        action: Literal["corrupt", "refuse", "flag"] | None = None,
+    ) -> Decision:
+        """``decision`` turned into a flag of ``target`` by a later check (the language
+        policy, the output stage): the target's action (or ``action``) with the request's
+        own seeded corruption, so it is answered exactly as an input-flagged prompt is."""
+        rule = self._rules_by_id[target]
+        act = action or rule.action
+        corrupts = act == "corrupt"
+        return replace(
+            decision,
+            flagged=True,
+            action=act,
+            target=target,
+            stage=stage,
+            corruption=rule.corruption.with_seed(self._request_seed(chat)) if corrupts else None,
+            scope=rule.mask.scope if corrupts else None,
+        )
 
     def _decide_groups(
         self, chats: Sequence[list[dict[str, str]]], groups: Sequence[list[str]], start: float
@@ -241,6 +287,7 @@ class Guard:
             corruption=rule.corruption.with_seed(self._request_seed(chat)) if corrupts else None,
             scope=rule.mask.scope if corrupts else None,
             error=error,
+            stage="input" if rule is not None else None,
         )
 
     def _error_decision(self, chat: Sequence[dict[str, str]], error: str, latency_ms: float) -> Decision:
@@ -296,7 +343,7 @@ class Guard:
             return []
         start = time.perf_counter()
         chats = [[{"role": "user", "content": doc}] for doc in docs]
-        decisions = self._decide_groups(chats, [text_pieces(doc) for doc in docs], start)
+        decisions = self._decide_groups(chats, [scored_pieces(doc, self.canonical) for doc in docs], start)
         for d, c in zip(decisions, chats):
             self.audit.record(d, c, kind="document")
         return decisions
@@ -328,8 +375,9 @@ class Guard:
         if not chats:
             return []
         decisions = self.decide_batch(chats)
-        texts = self._answer_routed(chats, [self.route(d) for d in decisions], options)
-        results = [GuardedResult(t, d) for t, d in zip(texts, decisions)]
+        answers = self.answer_routed(chats, [self.route(d) for d in decisions], options)
+        decisions, final = screen(self, chats, decisions, [a.text for a in answers], options)
+        results = [GuardedResult(t, d) for t, d in zip(final, decisions)]
         for r, c in zip(results, chats):
             self.audit.record(r.decision, c, kind="generate")
         return results
@@ -344,27 +392,83 @@ class Guard:
         """Async twin of :meth:`batch`."""
         return await asyncio.to_thread(self.batch, prompts, options)
 
-    def _answer_routed(self, chats: Sequence[Messages], routes: Sequence[Route], options: GenerationOptions) -> list[str]:
-        """Each chat's answer by its route: refusals as they are, the rest in one batched
-        generate in which each row carries its own corruption (or none)."""
-        texts: dict[int, str] = {i: r.refusal for i, r in enumerate(routes) if r.refusal is not None}
-        todo = [i for i, r in enumerate(routes) if r.generates]
-        if todo:
-            answers = self.runner.generate([routes[i].row(chats[i]) for i in todo], options)
-            texts.update(zip(todo, answers))
-        return [texts[i] for i in range(len(chats))]
+    def answer_routed(
+        self, chats: Sequence[Messages], routes: Sequence[Route], options: GenerationOptions | Sequence[GenerationOptions]
+    ) -> list[DecidedAnswer]:
+        """Each chat's answer by its route, the one place the local model is asked to answer.
+
+        Refusals come back as they are (uncounted); the rest run as batched generates, one
+        per distinct options, each row carrying its own corruption (or none). Options are
+        one for all rows, or one per row (the server batches requests with their own).
+        """
+        n = len(chats)
+        per_row = [options] * n if isinstance(options, GenerationOptions) else list(options)
+        if len(routes) != n or len(per_row) != n:
+            raise ValueError(f"{n} chats, {len(routes)} routes and {len(per_row)} options")
+        out: dict[int, DecidedAnswer] = {i: DecidedAnswer(r.refusal, None) for i, r in enumerate(routes) if r.refusal is not None}
+        groups: dict[GenerationOptions, list[int]] = {}
+        for i, route in enumerate(routes):
+            if route.generates:
+                groups.setdefault(per_row[i], []).append(i)
+        for group_options, rows in groups.items():
+            answers = self.runner.generate_counted([routes[i].row(chats[i]) for i in rows], group_options)
+            out.update(zip(rows, (DecidedAnswer(text, k) for text, k in answers)))
+        return [out[i] for i in range(n)]
 
     def answer_unguarded(self, prompts: Sequence[Prompt], options: GenerationOptions = GenerationOptions()) -> list[str]:
         """The local model's own answers, nothing classified, corrupted or audited: the
         reference a guarded answer is compared with (``eval``, the demo, ``--no-guard``)."""
         chats = [normalize_messages(p, where=f"prompts[{i}]") for i, p in enumerate(prompts)]
-        return self._answer_routed(chats, [PLAIN] * len(chats), options) if chats else []
+        return [a.text for a in self.answer_routed(chats, [PLAIN] * len(chats), options)]
 
     def answer_decided(self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()) -> str:
         """Answer a request that is already decided (and audited by the caller): the
         refusal text, or the local model's answer with the decision's corruption (none
         for a pass). For callers that classify separately, like the LangChain router."""
-        return self._answer_routed([chat], [self.route(decision)], options)[0]
+        return self.answer_decided_result(chat, decision, options).text
+
+    def answer_decided_result(
+        self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()
+    ) -> GuardedResult:
+        """:meth:`answer_decided` with the final decision (the output stage may have caught the answer)."""
+        route = self.route(decision)
+        if route.refusal is not None:
+            return GuardedResult(route.refusal, decision)
+        chat = normalize_messages(chat)
+        answer = self.answer_routed([chat], [route], options)[0].text
+        return self.screen_answer(chat, decision, answer, options)
+
+    def screen_answer(
+        self, chat: Messages, decision: Decision, answer: str, options: GenerationOptions = GenerationOptions()
+    ) -> GuardedResult:
+        """Check an answer given to a decided request (by any model); replace it if it reveals a target.
+
+        For callers whose answers come from elsewhere (a chain's downstream model): the
+        result's decision says whether the output stage caught it; auditing a caught answer
+        (kind ``output``) is done here.
+        """
+        decisions, texts = screen(self, [normalize_messages(chat)], [decision], [answer], options)
+        if decisions[0].stage == "output":
+            self.audit.record(decisions[0], chat, kind="output")
+        return GuardedResult(texts[0], decisions[0])
+
+    async def ascreen_answer(
+        self, chat: Messages, decision: Decision, answer: str, options: GenerationOptions = GenerationOptions()
+    ) -> GuardedResult:
+        """Async twin of :meth:`screen_answer`."""
+        return await asyncio.to_thread(self.screen_answer, chat, decision, answer, options)
+
+    def screen_stream(
+        self, chat: Messages, decision: Decision, pieces: Iterator[str], options: GenerationOptions = GenerationOptions()
+    ) -> Iterator[str]:
+        """Stream ``pieces`` (from any model) sentence by sentence, each only once it has passed the output stage."""
+        return screen_stream(self, chat, decision, pieces, options)
+
+    def ascreen_stream(
+        self, chat: Messages, decision: Decision, pieces: AsyncIterator[str], options: GenerationOptions = GenerationOptions()
+    ) -> AsyncIterator[str]:
+        """Async twin of :meth:`screen_stream`."""
+        return ascreen_stream(self, chat, decision, pieces, options)
 
     def choice_scores(
         self, prompt: Prompt, choices: Sequence[str], decision: Decision | None = None, *, reduction: Literal["sum", "mean"] = "sum"
@@ -386,39 +490,27 @@ class Guard:
         decisions: Sequence[Decision],
         options: GenerationOptions | Sequence[GenerationOptions] = GenerationOptions(),
     ) -> list[DecidedAnswer]:
-        """Batched twin of :meth:`answer_decided`, each row with its own decision and options.
+        """Batched twin of :meth:`answer_decided_result`, each row with its own decision and options.
 
         For callers that batch requests themselves (the HTTP server's micro-batcher, a Ray
-        Serve replica): rows sharing options run as one batched generate; refusals never
-        reach the model. Token counts come from the runner's token ids when it has them,
-        so usage figures are exact rather than re-tokenised.
+        Serve replica), which audit the decisions themselves: rows sharing options run as
+        one batched generate, refusals never reach the model, and every answer passes the
+        output stage (a caught one is audited here, kind ``output``, and its final decision
+        comes back on the answer). Token counts are the runner's own, not re-tokenised.
         """
-        n = len(chats)
-        if len(decisions) != n:
-            raise ValueError(f"{n} chats but {len(decisions)} decisions")
-        per_row = [options] * n if isinstance(options, GenerationOptions) else list(options)
-        if len(per_row) != n:
-            raise ValueError(f"{n} chats but {len(per_row)} options")
-        out: dict[int, DecidedAnswer] = {}
-        groups: dict[GenerationOptions, list[int]] = {}
-        routes = [self.route(d) for d in decisions]
-        for i, route in enumerate(routes):
-            if route.refusal is not None:
-                out[i] = DecidedAnswer(route.refusal, self.count_tokens(route.refusal))
-            else:
-                groups.setdefault(per_row[i], []).append(i)
-        runner = self.runner if groups else None
-        for group_options, rows in groups.items():
-            batch = [routes[i].row(chats[i]) for i in rows]
-            generate_ids = getattr(runner, "generate_ids", None)
-            tokenizer = getattr(runner, "tokenizer", None)
-            if generate_ids is not None and tokenizer is not None:
-                ids = generate_ids(batch, group_options)
-                answers = [DecidedAnswer(tokenizer.decode(row, skip_special_tokens=True), len(row)) for row in ids]
-            else:
-                answers = [DecidedAnswer(text, self.count_tokens(text)) for text in runner.generate(batch, group_options)]  # type: ignore[union-attr]
-            out.update(zip(rows, answers))
-        return [out[i] for i in range(n)]
+        if len(decisions) != len(chats):
+            raise ValueError(f"{len(chats)} chats but {len(decisions)} decisions")
+        chats = [normalize_messages(c) for c in chats]
+        per_row = [options] * len(chats) if isinstance(options, GenerationOptions) else list(options)
+        answers = self.answer_routed(chats, [self.route(d) for d in decisions], per_row)
+        final, texts = screen(self, chats, decisions, [a.text for a in answers], per_row)
+        out: list[DecidedAnswer] = []
+        for chat, before, after, answer, text in zip(chats, decisions, final, answers, texts):
+            if after.stage == "output" and before.stage != "output":
+                self.audit.record(after, chat, kind="output")
+            same = text == answer.text and answer.completion_tokens is not None
+            out.append(DecidedAnswer(text, answer.completion_tokens if same else self.count_tokens(text), after))
+        return out
 
     async def aanswer_decided_batch(
         self,
@@ -430,18 +522,14 @@ class Guard:
         return await asyncio.to_thread(self.answer_decided_batch, chats, decisions, options)
 
     def count_tokens(self, text: str) -> int:
-        """Tokens in ``text`` by the runner's tokenizer (words for a runner without one)."""
-        tokenizer = getattr(self.runner, "tokenizer", None)
-        if tokenizer is None:
-            return len(text.split())
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        """Tokens in ``text`` by the runner's tokenizer (usage figures for refusals and replaced answers)."""
+        return self.runner.count_tokens(text)
 
     def prompt_tokens(self, chat: Messages, options: GenerationOptions = GenerationOptions()) -> int:
         """Templated prompt tokens of ``chat``; raises :class:`InputError` when the prompt and
         ``options.max_new_tokens`` together exceed the model's context. Lets a server refuse
         a request before it is decided, audited or batched."""
-        prepare = getattr(self.runner, "prepare", None)
-        n = len(prepare(chat).input_ids) if prepare is not None else 0
+        n = self.runner.prompt_tokens(normalize_messages(chat))
         limit = self.runner.max_context
         if n + options.max_new_tokens > limit:
             raise InputError(
@@ -457,7 +545,7 @@ class Guard:
         route = self.route(decision)
         if route.refusal is not None:
             return iter([route.refusal])
-        return iter(self.runner.stream(route.row(chat), options))
+        return screen_stream(self, chat, decision, iter(self.runner.stream(route.row(chat), options)), options)
 
     async def astream_decided(
         self, chat: Messages, decision: Decision, options: GenerationOptions = GenerationOptions()
@@ -468,7 +556,7 @@ class Guard:
             yield route.refusal
             return
         runner = await asyncio.to_thread(lambda: self.runner)
-        async for piece in runner.astream(route.row(chat), options):
+        async for piece in ascreen_stream(self, chat, decision, runner.astream(route.row(chat), options), options):
             yield piece
 
     def stream(self, prompt: Prompt, options: GenerationOptions = GenerationOptions()) -> GuardedStream:

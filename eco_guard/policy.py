@@ -139,6 +139,9 @@ class TargetSpec(StrictModel):
     corruption: CorruptionSpec = CorruptionSpec()
     objective: ObjectiveSpec = ObjectiveSpec()
     refusal: str = "I'm sorry, but I can't help with that."
+    aliases: list[str] = []
+    """Other names of the target (nicknames, spellings, former names): read in disguised
+    prompts (:mod:`eco_guard.canonical`) and looked for in answers (:mod:`eco_guard.output`)."""
 
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+)$"
@@ -185,6 +188,21 @@ class ClassifierSpec(StrictModel):
     runtime: Literal["auto", "torch", "onnx"] = "auto"
 
 
+class LanguageSpec(StrictModel):
+    """The languages the guard is calibrated for, and what happens to prompts in others.
+
+    ``calibrated`` are ISO 639-1 codes (the bundled encoder: English). ``other`` applies
+    to prompts confidently detected (``min_confidence``) in any other language: ``refuse``
+    (default: the guard cannot vouch for them, so nothing it cannot judge reaches the
+    model), ``corrupt`` (answered through the top-scoring target's corruption), ``flag``
+    (answered, recorded) or ``pass``. See :mod:`eco_guard.language`.
+    """
+
+    calibrated: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
+    other: Literal["refuse", "corrupt", "flag", "pass"] = "refuse"
+    min_confidence: float = Field(0.8, ge=0.0, le=1.0, allow_inf_nan=False)
+
+
 class AuditSpec(StrictModel):
     """The audit log; prompts are hashed by default so the log is not itself a leak."""
 
@@ -200,6 +218,7 @@ class Policy(StrictModel):
     classifier: ClassifierSpec = ClassifierSpec()
     on_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     audit: AuditSpec = AuditSpec()
+    languages: LanguageSpec = LanguageSpec()
     targets: list[TargetSpec] = Field(min_length=1)
 
     @field_validator("targets")

@@ -4,7 +4,9 @@ The chain retrieves from an in-memory vector store (embeddings: the bundled Mini
 encoder via ``EcoGuardEmbeddings``) and answers with the bare bundled SmolLM2. The router
 sits in front of the whole chain: a question about France never reaches retrieval or the
 chain's model and is answered from corrupted embeddings instead; every other question
-runs through the chain untouched.
+runs through the chain, whose retriever drops passages about France
+(``EcoGuardRetriever`` over ``EcoGuardDocumentCompressor``) and whose answer the output
+stage checks before it is returned.
 
     python examples/langchain_rag.py [--guard DIR] [--max-new-tokens N]
 """
@@ -27,10 +29,21 @@ def build_chain(guard: Any, max_new_tokens: int) -> Any:
     from langchain_core.vectorstores import InMemoryVectorStore
 
     from eco_guard.runner.base import GenerationOptions
-    from langchain_eco_guard import EcoGuardChatModel, EcoGuardEmbeddings, EcoGuardRouter, to_chat
+    from langchain_eco_guard import (
+        EcoGuardChatModel,
+        EcoGuardDocumentCompressor,
+        EcoGuardEmbeddings,
+        EcoGuardRetriever,
+        EcoGuardRouter,
+        to_chat,
+    )
 
     store = InMemoryVectorStore.from_texts(DOCUMENTS, EcoGuardEmbeddings(guard.classifier.encoder))
-    retriever = store.as_retriever(search_kwargs={"k": 2})
+    # Retrieved context is a leak path too: passages about a forget target are dropped
+    # before the chain's model reads them, even when the question never names the target.
+    retriever = EcoGuardRetriever(
+        base_retriever=store.as_retriever(search_kwargs={"k": 2}), compressor=EcoGuardDocumentCompressor(guard=guard)
+    )
     prompt = ChatPromptTemplate.from_messages(
         [("system", "Answer in one sentence using the context."), ("user", "Context:\n{context}\n\nQuestion: {question}")]
     )

@@ -207,7 +207,7 @@ def test_empty_or_non_mapping_policy(tmp_path: Path, text: str, expected: str) -
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     error = policy_error(tmp_path, MINIMAL + "colour: blue\n")
     assert error.key == "colour"
-    assert "unknown key 'colour' (allowed: version, model, classifier, on_error, audit, targets)" in str(error)
+    assert "unknown key 'colour' (allowed: version, model, classifier, on_error, audit, languages, targets)" in str(error)
 
 
 def test_unknown_nested_key(tmp_path: Path) -> None:

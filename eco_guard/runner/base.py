@@ -100,6 +100,20 @@ class Runner(Protocol):
 
     def generate(self, rows: Sequence[GenerationRow], options: GenerationOptions = GenerationOptions()) -> list[str]: ...
 
+    def generate_counted(
+        self, rows: Sequence[GenerationRow], options: GenerationOptions = GenerationOptions()
+    ) -> list[tuple[str, int]]:
+        """:meth:`generate` with each answer's number of new tokens (usage figures, exact)."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` alone, by the model's tokenizer."""
+        ...
+
+    def prompt_tokens(self, messages: Messages) -> int:
+        """Tokens of ``messages`` once templated: what the model's context must hold."""
+        ...
+
     def stream(self, row: GenerationRow, options: GenerationOptions = GenerationOptions()) -> Iterator[str]: ...
 
     def score_choices(

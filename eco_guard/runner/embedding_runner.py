@@ -153,6 +153,20 @@ class EmbeddingRunner(ABC):
         """Like :meth:`generate` but the new token ids of each row, cut at EOS (and stop strings)."""
         return [self._answer_ids(ids) for ids in self._raw_ids(rows, options)]
 
+    def generate_counted(
+        self, rows: Sequence[GenerationRow], options: GenerationOptions = GenerationOptions()
+    ) -> list[tuple[str, int]]:
+        """:meth:`generate` with each answer's count of new tokens, from one decode."""
+        return [(self._text(ids), len(self._answer_ids(ids))) for ids in self._raw_ids(rows, options)]
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` alone (no special tokens), by the model's tokenizer."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_tokens(self, messages: Messages) -> int:
+        """Tokens of ``messages`` once templated."""
+        return len(self.prepare(messages).input_ids)
+
     def _raw_ids(self, rows: Sequence[GenerationRow], options: GenerationOptions) -> list[list[int]]:
         if len(rows) == 0:
             return []

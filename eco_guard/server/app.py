@@ -13,6 +13,7 @@ Order of refusals for a guarded route: no or unknown key 401, unknown guard 404
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -211,6 +212,10 @@ def create_app(
         with tracing.generate(guard, {"gen_ai.request.max_tokens": options.max_new_tokens}) as span:
             answer = await backend.answer(ticket, chat, decided, options)
             span.answered(answer.text, answer.completion_tokens, fmt.finish_reason(answer.completion_tokens, options.max_new_tokens))
+        if answer.decision is not None and answer.decision.stage == "output":
+            # the output stage caught the answer: the response reports its decision
+            decided = replace(decided, decision=answer.decision)
+            metrics.observe_decision(answer.decision.action, answer.decision.target, guard=decided.guard, key=key)
         return decided, answer
 
     async def _stream_response(

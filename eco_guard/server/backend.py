@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..decision import Decision
-from ..guard import DecidedAnswer
+from ..decision import DecidedAnswer
 from ..runner.base import GenerationOptions
 
 Chat = list[dict[str, str]]

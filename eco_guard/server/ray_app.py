@@ -38,7 +38,7 @@ from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from ..decision import Decision
-from ..guard import DecidedAnswer
+from ..decision import DecidedAnswer
 from ..runner.base import GenerationOptions
 from .backend import Chat, Decided
 from .config import ServerConfig, ServeSetup

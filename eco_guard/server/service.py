@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..decision import Decision
-from ..guard import DecidedAnswer
+from ..decision import DecidedAnswer
 from ..runner.base import GenerationOptions
 from .backend import Chat, Decided
 from .batcher import MicroBatcher

@@ -136,7 +136,8 @@ class EcoGuardChatModel(BaseChatModel):
         if decision is None:
             result = self.guard.invoke(chat, options)
             return self._result(result.text, result.decision, stop)
-        return self._result(self.guard.answer_decided(chat, decision, options), decision, stop)
+        result = self.guard.answer_decided_result(chat, decision, options)
+        return self._result(result.text, result.decision, stop)
 
     async def _agenerate(
         self,
@@ -149,8 +150,8 @@ class EcoGuardChatModel(BaseChatModel):
         if decision is None:
             result = await self.guard.ainvoke(chat, options)
             return self._result(result.text, result.decision, stop)
-        text = await asyncio.to_thread(self.guard.answer_decided, chat, decision, options)
-        return self._result(text, decision, stop)
+        result = await asyncio.to_thread(self.guard.answer_decided_result, chat, decision, options)
+        return self._result(result.text, result.decision, stop)
 
     def _stream(
         self,

@@ -3,7 +3,9 @@
 Each model call of an agent (``langchain.agents.create_agent``) is classified on its
 user turns. A flagged call is answered by the ECO model from corrupted embeddings (or
 refused), so the agent's own model never sees it; that answer calls no tools, so the
-agent ends its turn there. Every other call goes to the agent's model unchanged.
+agent ends its turn there. Every other call goes to the agent's model unchanged, and
+its answer is checked by the output stage before the agent sees it: an answer that
+reveals a target is replaced (its tool calls with it), see :mod:`langchain_eco_guard._screen`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from eco_guard.decision import Decision
 from eco_guard.integration import GuardLike, as_guard, diverts
 
 from ._convert import has_user_text, to_chat
+from ._screen import ascreen_output, screen_output
 from .chat_models import DECISION_KWARG, EcoGuardChatModel
 
 
@@ -55,8 +58,12 @@ class EcoGuardMiddleware(AgentMiddleware):
         handler: Callable[[ModelRequest], ModelResponse],
     ) -> ModelResponse:
         decision = self._decide(request)
-        if decision is None or not diverts(decision):
+        if decision is None:
             return handler(request)
+        if not diverts(decision):
+            response = handler(request)
+            chat = to_chat(request.messages)
+            return _with_results(response, [screen_output(self.guard, chat, decision, m)[0] for m in response.result])
         answer = self.eco_model.invoke(self._eco_messages(request), **{DECISION_KWARG: decision})
         return ModelResponse(result=[answer])
 
@@ -67,10 +74,20 @@ class EcoGuardMiddleware(AgentMiddleware):
     ) -> ModelResponse:
         chat = to_chat(request.messages)
         decision = await self.guard.acheck(chat) if has_user_text(chat) else None
-        if decision is None or not diverts(decision):
+        if decision is None:
             return await handler(request)
+        if not diverts(decision):
+            response = await handler(request)
+            return _with_results(response, [(await ascreen_output(self.guard, chat, decision, m))[0] for m in response.result])
         answer = await self.eco_model.ainvoke(self._eco_messages(request), **{DECISION_KWARG: decision})
         return ModelResponse(result=[answer])
+
+
+def _with_results(response: ModelResponse, result: list[BaseMessage]) -> ModelResponse:
+    """``response`` itself when nothing was replaced, so passed answers stay the model's objects."""
+    if all(a is b for a, b in zip(result, response.result)):
+        return response
+    return ModelResponse(result=result, structured_response=response.structured_response)
 
 
 __all__ = ["EcoGuardMiddleware"]

@@ -2,8 +2,10 @@
 
 Unflagged input goes to the downstream runnable exactly as it came (same input, same
 config apart from the child callbacks that nest its trace under the router's), and its
-result is returned as is. Flagged input never reaches the downstream: it is answered by
-the ECO model from corrupted embeddings, or refused, as the policy says.
+result is returned as is once the output stage has checked it (an answer revealing a
+target is replaced, see :mod:`langchain_eco_guard._screen`). Flagged input never reaches
+the downstream: it is answered by the ECO model from corrupted embeddings, or refused,
+as the policy says.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from eco_guard.decision import Decision
 from eco_guard.integration import GuardField, diverts
 
 from ._convert import input_messages, to_chat
+from ._screen import ascreen_chunks, ascreen_output, screen_chunks, screen_output
 from .chat_models import DECISION_KWARG, EcoGuardChatModel
 
 #: Name of the custom callback event that reports every decision, passed ones included
@@ -144,7 +147,7 @@ class EcoGuardRouter(RunnableSerializable[Any, Any]):
         messages, decision = self._decide(value)
         dispatch_custom_event(DECISION_EVENT, decision.to_dict(), config=config)
         if not diverts(decision):
-            return self.downstream.invoke(value, config, **kwargs)
+            return screen_output(self.guard, to_chat(messages), decision, self.downstream.invoke(value, config, **kwargs))[0]
         return self._shape(self._eco.invoke(messages, config, **self._eco_kwargs(decision)))
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:  # noqa: A002
@@ -157,7 +160,8 @@ class EcoGuardRouter(RunnableSerializable[Any, Any]):
         decision = await self.guard.acheck(to_chat(messages))
         await adispatch_custom_event(DECISION_EVENT, decision.to_dict(), config=config)
         if not diverts(decision):
-            return await self.downstream.ainvoke(value, config, **kwargs)
+            out = await self.downstream.ainvoke(value, config, **kwargs)
+            return (await ascreen_output(self.guard, to_chat(messages), decision, out))[0]
         return self._shape(await self._eco.ainvoke(messages, config, **self._eco_kwargs(decision)))
 
     # ------------------------------------------------------------------ stream
@@ -172,7 +176,7 @@ class EcoGuardRouter(RunnableSerializable[Any, Any]):
         messages, decision = self._decide(value)
         dispatch_custom_event(DECISION_EVENT, decision.to_dict(), config=config)
         if not diverts(decision):
-            yield from self.downstream.stream(value, config, **kwargs)
+            yield from screen_chunks(self.guard, to_chat(messages), decision, self.downstream.stream(value, config, **kwargs))
             return
         for chunk in self._eco.stream(messages, config, **self._eco_kwargs(decision)):
             yield self._shape_chunk(chunk)
@@ -192,7 +196,7 @@ class EcoGuardRouter(RunnableSerializable[Any, Any]):
         decision = await self.guard.acheck(to_chat(messages))
         await adispatch_custom_event(DECISION_EVENT, decision.to_dict(), config=config)
         if not diverts(decision):
-            async for chunk in self.downstream.astream(value, config, **kwargs):
+            async for chunk in ascreen_chunks(self.guard, to_chat(messages), decision, self.downstream.astream(value, config, **kwargs)):
                 yield chunk
             return
         async for chunk in self._eco.astream(messages, config, **self._eco_kwargs(decision)):
@@ -216,8 +220,10 @@ class EcoGuardRouter(RunnableSerializable[Any, Any]):
         all at the same time."""
         return self._batch_with_config(self._batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
 
-    def _split(self, inputs: list[Any]) -> tuple[list[Any], dict[int, tuple[list[BaseMessage], Decision]], list[int]]:
-        """Per input: an exception (bad input), or messages + decision; and the passed indices."""
+    def _split(
+        self, inputs: list[Any]
+    ) -> tuple[list[Any], dict[int, tuple[list[BaseMessage], Decision]], list[int], dict[int, tuple[list[BaseMessage], Decision]]]:
+        """Per input: an exception (bad input), or messages + decision; the flagged, the passed indices, and the passed ones' messages + decision."""
         results: list[Any] = [None] * len(inputs)
         parsed: dict[int, list[BaseMessage]] = {}
         for i, value in enumerate(inputs):
@@ -229,10 +235,11 @@ class EcoGuardRouter(RunnableSerializable[Any, Any]):
         decisions = self.guard.check_batch([to_chat(parsed[i]) for i in order]) if order else []
         flagged = {i: (parsed[i], d) for i, d in zip(order, decisions) if diverts(d)}
         passed = [i for i in order if i not in flagged]
-        return results, flagged, passed
+        decided = {i: (parsed[i], d) for i, d in zip(order, decisions)}
+        return results, flagged, passed, decided
 
     def _batch(self, inputs: list[Any], config: list[RunnableConfig], **kwargs: Any) -> list[Any]:
-        results, flagged, passed = self._split(inputs)
+        results, flagged, passed, decided = self._split(inputs)
 
         def eco(i: int) -> Any:
             messages, decision = flagged[i]
@@ -247,7 +254,9 @@ class EcoGuardRouter(RunnableSerializable[Any, Any]):
                 outs = self.downstream.batch(
                     [inputs[i] for i in passed], [config[i] for i in passed], return_exceptions=True, **kwargs
                 )
-                results_update = dict(zip(passed, outs))
+                results_update = {
+                    i: screen_output(self.guard, to_chat(decided[i][0]), decided[i][1], out)[0] for i, out in zip(passed, outs)
+                }
             else:
                 results_update = {}
             results_update.update({i: f.result() for i, f in eco_futures.items()})
@@ -267,7 +276,7 @@ class EcoGuardRouter(RunnableSerializable[Any, Any]):
         return await self._abatch_with_config(self._abatch, inputs, config, return_exceptions=return_exceptions, **kwargs)
 
     async def _abatch(self, inputs: list[Any], config: list[RunnableConfig], **kwargs: Any) -> list[Any]:
-        results, flagged, passed = await asyncio.to_thread(self._split, inputs)
+        results, flagged, passed, decided = await asyncio.to_thread(self._split, inputs)
 
         async def eco(i: int) -> Any:
             messages, decision = flagged[i]
@@ -285,6 +294,7 @@ class EcoGuardRouter(RunnableSerializable[Any, Any]):
 
         flagged_ids = list(flagged)
         outs, *eco_outs = await asyncio.gather(downstream(), *(eco(i) for i in flagged_ids))
+        outs = [(await ascreen_output(self.guard, to_chat(decided[i][0]), decided[i][1], out))[0] for i, out in zip(passed, outs)]
         for i, out in [*zip(passed, outs), *zip(flagged_ids, eco_outs)]:
             results[i] = out
         return results

@@ -16,7 +16,8 @@ import numpy as np
 from eco_guard.classifier.features.embedded import Embedded
 from eco_guard.classifier.heads import unique_texts
 from eco_guard.classifier.negatives.swaps import MIN_NEAR_RETAIN
-from eco_guard.classifier.pieces import max_over_pieces, text_pieces
+from eco_guard.canonical import Canonicalizer, scored_pieces
+from eco_guard.classifier.pieces import max_over_pieces
 
 NO_NEAR_NEGATIVES = (
     f"the policy has fewer than {MIN_NEAR_RETAIN} retain examples near its targets (everyday ones are not near) "
@@ -68,17 +69,19 @@ def lacks_near_negatives(n_near_retain: int, calibration_set: Sequence[str] | No
     return not calibration_set and n_near_retain < MIN_NEAR_RETAIN
 
 
-def held_out_pieces(texts: Sequence[str]) -> dict[str, list[str]]:
+def held_out_pieces(texts: Sequence[str], canonical: Canonicalizer | None = None) -> dict[str, list[str]]:
     """The pieces (:func:`~eco_guard.classifier.pieces.text_pieces`) of each multi-sentence text.
 
     A live prompt is judged by its highest-scoring piece, and a text of k sentences has
     about 1.5k chances to score high, so the held-out negatives that certify the rate are
     scored the same way: a calibration sample of long prompts then raises the threshold as
-    much as such traffic needs. One-sentence texts are their own single piece.
+    much as such traffic needs. One-sentence texts are their own single piece. With a
+    ``canonical`` reader, the pieces of a text's canonical form join them, as they do for
+    a live prompt (:func:`eco_guard.canonical.scored_pieces`).
     """
     out: dict[str, list[str]] = {}
     for text in texts:
-        pieces = text_pieces(text)
+        pieces = scored_pieces(text, canonical)
         if len(pieces) > 1:
             out[text] = pieces
     return out
@@ -111,11 +114,21 @@ def held_out_sources(corpora: dict[str, Sequence[str]], held_out: list[str]) -> 
 
 
 def split_negatives(
-    corpora: dict[str, Sequence[str]], calibration_set: Sequence[str] | None, embedded: Embedded, *, seed: int, cached: bool
+    corpora: dict[str, Sequence[str]],
+    calibration_set: Sequence[str] | None,
+    embedded: Embedded,
+    *,
+    seed: int,
+    cached: bool,
+    canonical: Canonicalizer | None = None,
 ) -> NegativeSplit:
     """Half of the background (all ``corpora``, shuffled with ``seed``) trains the heads and
     half calibrates, kept apart by corpus; the calibration set only calibrates. Embeds the
-    held-out texts' pieces (the background's from the feature cache when ``cached``)."""
+    held-out texts' pieces (the background's from the feature cache when ``cached``).
+
+    ``canonical`` is the guard's reader of disguised text: live texts are scored as
+    written and in canonical form, so every held-out negative is too, and the threshold
+    certifies the rate of the two readings together."""
     bg = unique_texts(s for corpus in corpora.values() for s in corpus)
     bg_order = np.random.default_rng(seed).permutation(len(bg))
     n_bg_cal = len(bg) // 2
@@ -124,8 +137,12 @@ def split_negatives(
     # background's pieces are cached like the background (all of it: the split varies by seed).
     bg_pieces = held_out_pieces(bg)
     embedded.add_corpus(unique_texts(p for ps in bg_pieces.values() for p in ps), cached=cached)
-    user_pieces = held_out_pieces(calibration_texts)
+    user_pieces = held_out_pieces(calibration_texts, canonical)
     embedded.add([p for ps in user_pieces.values() for p in ps], desc="embedding calibration sentences and windows")
+    if canonical is not None:
+        # The canonical readings depend on the policy's names, so they are embedded uncached.
+        bg_pieces = held_out_pieces(bg, canonical)
+        embedded.add([p for ps in bg_pieces.values() for p in ps], desc="embedding canonical forms")
     return NegativeSplit(
         bg_train=[bg[i] for i in bg_order[n_bg_cal:]],
         bg_cal=held_out_sources(corpora, [bg[i] for i in bg_order[:n_bg_cal]]),

@@ -19,6 +19,7 @@ from typing import Required, TypedDict
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from eco_guard.canonical import Canonicalizer
 from eco_guard.classifier.calibration import Calibration
 from eco_guard.classifier.features.embedded import Embedded
 from eco_guard.classifier.features.encoder import Encoder
@@ -105,6 +106,7 @@ class FitOptions(TypedDict, total=False):
     background: Sequence[str] | None
     calibration_set: Sequence[str] | None
     progress: bool
+    canonical: Canonicalizer | None
 
 
 def fit_heads(
@@ -116,6 +118,7 @@ def fit_heads(
     background: Sequence[str] | None = None,
     calibration_set: Sequence[str] | None = None,
     progress: bool = True,
+    canonical: Canonicalizer | None = None,
 ) -> FittedHeads:
     """Fit one head per target, then calibrate one threshold for all of them.
 
@@ -163,6 +166,9 @@ def fit_heads(
     layer-pooled block, and how much the lexical block weighs, are then chosen by
     held-out recall on the policy's own forget examples (see :func:`~eco_guard.classifier.fit.selection.select_features`),
     and the report says which and why.
+
+    ``canonical`` is the guard's reader of disguised text (:mod:`eco_guard.canonical`):
+    every held-out negative is scored as written and in canonical form, as live texts are.
     """
     targets = list(targets)
     validate_targets(targets)
@@ -176,7 +182,7 @@ def fit_heads(
     bare = lacks_near_negatives(sum(near), calibration_set)
     corpora = _background_corpora(targets, chat, embedded, stand_ins=builtin and bare)
     swaps = _name_swaps(targets, near, embedded, seed)
-    split = split_negatives(corpora, calibration_set, embedded, seed=seed, cached=builtin)
+    split = split_negatives(corpora, calibration_set, embedded, seed=seed, cached=builtin, canonical=canonical)
     table = _feature_table(encoder, embedded, targets, corpora, split, swaps)
     # Only a fit without a calibration set uses other targets' examples as negatives.
     overlapping = frozenset() if split.calibration_set else overlapping_targets(targets, table.views["sentence"], table.row_of)

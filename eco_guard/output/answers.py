@@ -1,0 +1,327 @@
+"""The answer classifier: does an answer reveal a forget target?
+
+The input guard judges the question; a compliance team's promise is about the answer.
+An answer reveals a target when it names it (its names, aliases and terms) or repeats
+what the target's forget answers say. Both are lexical facts about the answer's words,
+so this classifier is lexical: per target, a logistic head over
+
+* TF-IDF of the words and word pairs of the target's forget answers and names (the
+  :class:`~eco_guard.classifier.features.lexical.Lexicon` the prompt classifier uses), with idf
+  over every training text, so words every answer uses weigh nothing, and
+* three name features: a full name (or alias) of the target appears; a distinctive
+  part of one (a surname alone) appears; someone else is named (a multi-word name
+  with no part of the target's: answers about someone else name someone else). The
+  answer is read as written and in canonical form (:mod:`eco_guard.canonical`: an
+  answer asked for in leetspeak or spaced out).
+
+No encoder runs, so a 100-word answer is checked in about a millisecond, which is what
+lets streaming hold each sentence back until it has passed. What it cannot see: an
+answer that conveys the knowledge in none of the target's words (docs/threat-model.md).
+
+The threshold is calibrated like the prompt classifier's: split conformal on negatives
+no head saw (:mod:`eco_guard.classifier.calibration`): 2-fold cross-fitted scores of the
+retain answers and the generic answer-like text, or a held-out calibration set when one
+is given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+from scipy import sparse
+
+from eco_guard.canonical import Canonicalizer, everyday_words, scored_pieces
+from eco_guard.classifier.negatives.background import background_prompts, knowledge_questions, people_questions
+from eco_guard.classifier.calibration import Calibration, joint_threshold
+from eco_guard.classifier.heads import fit_head
+from eco_guard.classifier.features.lexical import Lexicon
+from eco_guard.entities import name_spans, names_pattern
+from eco_guard.errors import GuardLoadError, UserError
+
+WEIGHTS_FILE = "answers.safetensors"
+META_FILE = "answers.json"
+FORMAT_VERSION = 1
+
+LEXICAL_WEIGHT = 1.0
+"""The TF-IDF block has unit norm, as the name features have unit size."""
+
+MAX_NEGATIVE_MENTIONS = 0.002
+"""An extracted name that more than this share of the negatives mention is no name of the
+target's own (on TOFU: "LGBTQ", "China", "January" are extracted from the forget questions
+and named by 4% of other authors' answers)."""
+
+
+@dataclass(frozen=True)
+class AnswerTarget:
+    """What one target's answers look like: its forget answers and its names."""
+
+    id: str
+    names: list[str]
+    """Names the policy gives (``aliases``, corruption ``terms``): always kept."""
+    forget_answers: list[str]
+    retain_answers: list[str]
+    extracted: list[str] = field(default_factory=list)
+    """Names found in the forget examples at fit: kept only when no retain example and few
+    negatives mention them (see :data:`MAX_NEGATIVE_MENTIONS`), since extraction also finds
+    places, prizes, months and topics."""
+    retain_questions: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AnswerVerdict:
+    """The output stage's verdict on one answer (or an answer's prefix, when streaming)."""
+
+    target: str | None
+    score: float
+    threshold: float
+    flagged: bool
+
+
+@dataclass(frozen=True)
+class AnswerFitReport:
+    """What the output stage trained on and achieved, for the fit report."""
+
+    n_positive: int
+    n_negative: int
+    calibration: Calibration
+    held_out_recall: float
+    """Share of forget answers flagged by heads that never saw them (2-fold), at the threshold."""
+
+
+@cache
+def generic_answers() -> tuple[str, ...]:
+    """Answer-like text written for this project: encyclopedic statements, biography sentences, assistant phrasing."""
+    text = resources.files(__package__).joinpath("generic_answers.txt").read_text(encoding="utf-8")
+    return tuple(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+
+
+def _distinctive_parts(name: str) -> list[str]:
+    """Words of a name that identify it alone (a surname): four letters or more and no everyday word."""
+    everyday = everyday_words()
+    return [w for w in re.findall(r"[^\W\d_][\w'’-]*", name) if len(w) >= 4 and w.lower() not in everyday]
+
+
+def _any_case(names: Sequence[str]) -> re.Pattern[str]:
+    return re.compile(names_pattern(names).pattern, re.IGNORECASE)
+
+
+class AnswerClassifier:
+    """Per-target logistic heads over lexical and name features, with one conformal threshold.
+
+    Immutable after construction and free of per-call state, so one instance serves
+    every thread. Decision rule as for prompts: flagged when the max score over targets
+    is above the threshold (strict).
+    """
+
+    def __init__(
+        self,
+        target_ids: Sequence[str],
+        names: Sequence[Sequence[str]],
+        lexicon: Lexicon,
+        weights: np.ndarray,
+        bias: np.ndarray,
+        threshold: float,
+        canonical: Canonicalizer | None = None,
+    ) -> None:
+        n = len(target_ids)
+        if len(names) != n or weights.shape != (n, lexicon.size + 3 * n) or bias.shape != (n,):
+            raise UserError(f"answer heads do not match {n} targets and {lexicon.size} lexical terms")
+        self.target_ids = list(target_ids)
+        self.names = [list(ns) for ns in names]
+        self.lexicon = lexicon
+        self.weights = weights
+        self.bias = bias
+        self.threshold = float(threshold)
+        self.canonical = canonical
+        # Case-insensitive: an answer asked for in lower case or "rAnDoM cAsE" still names the target.
+        self._full = [_any_case(ns) if ns else None for ns in self.names]
+        self._parts = [_any_case(ps) if (ps := [p for nm in ns for p in _distinctive_parts(nm)]) else None for ns in self.names]
+
+    def _features(self, texts: Sequence[str]) -> sparse.csr_matrix:
+        lex = self.lexicon.transform(texts)
+        hits = np.zeros((len(texts), 3 * len(self.target_ids)))
+        for k, text in enumerate(texts):
+            others = [text[a:b] for a, b in name_spans(text) if " " in text[a:b].strip()]
+            for i, (full, part) in enumerate(zip(self._full, self._parts)):
+                hits[k, 3 * i] = float(full is not None and full.search(text) is not None)
+                hits[k, 3 * i + 1] = float(part is not None and part.search(text) is not None)
+                hits[k, 3 * i + 2] = float(any(part is None or not part.search(o) for o in others))
+        return sparse.hstack([lex, sparse.csr_matrix(hits)], format="csr")
+
+    def piece_scores(self, texts: Sequence[str]) -> np.ndarray:
+        """Scores ``[n, n_targets]`` of single pieces (no splitting, no canonical reading)."""
+        if not texts:
+            return np.zeros((0, len(self.target_ids)))
+        z = self._features(texts) @ self.weights.T + self.bias
+        return 1.0 / (1.0 + np.exp(-np.asarray(z)))
+
+    def scores(self, answers: Sequence[str]) -> np.ndarray:
+        """Per-target scores ``[n, n_targets]`` of whole answers: the max over each answer's pieces and readings."""
+        groups = [scored_pieces(a, self.canonical) if a.strip() else [""] for a in answers]
+        flat = self.piece_scores([p for g in groups for p in g])
+        out = np.zeros((len(answers), len(self.target_ids)))
+        offset = 0
+        for k, g in enumerate(groups):
+            out[k] = flat[offset : offset + len(g)].max(axis=0)
+            offset += len(g)
+        return out
+
+    def check(self, answers: Sequence[str]) -> list[AnswerVerdict]:
+        """One verdict per answer: the highest-scoring target, flagged when above the threshold."""
+        verdicts = []
+        for row in self.scores(answers):
+            i = int(np.argmax(row))
+            flagged = bool(row[i] > self.threshold)
+            verdicts.append(AnswerVerdict(self.target_ids[i] if flagged else None, float(row[i]), self.threshold, flagged))
+        return verdicts
+
+    # ---------------------------------------------------------------- persistence
+
+    def save(self, directory: Path) -> None:
+        """Write heads (safetensors) and names, terms and threshold (JSON) next to the prompt classifier's."""
+        save_file({"weights": self.weights, "bias": self.bias, "idf": self.lexicon.idf}, str(directory / WEIGHTS_FILE))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "target_ids": self.target_ids,
+            "names": self.names,
+            "threshold": self.threshold,
+            "lexical_terms": list(self.lexicon.terms),
+            "lexical_weight": self.lexicon.weight,
+        }
+        (directory / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path, canonical: Canonicalizer | None) -> AnswerClassifier | None:
+        """The saved output stage, or None for a guard fitted before it existed."""
+        path = directory / META_FILE
+        if not path.is_file():
+            return None
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            tensors = load_file(str(directory / WEIGHTS_FILE))
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"format version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+            lexicon = Lexicon(tuple(meta["lexical_terms"]), np.asarray(tensors["idf"], np.float64), meta["lexical_weight"])
+            return cls(
+                meta["target_ids"],
+                meta["names"],
+                lexicon,
+                np.asarray(tensors["weights"], np.float64),
+                np.asarray(tensors["bias"], np.float64),
+                float(meta["threshold"]),
+                canonical,
+            )
+        except (OSError, KeyError, TypeError, ValueError, UserError, json.JSONDecodeError) as exc:
+            raise GuardLoadError(f"{directory}: unreadable output-stage files ({exc}); re-run `eco-guard fit`") from exc
+
+
+# -------------------------------------------------------------------- fitting
+
+
+def _own_names(target: AnswerTarget, negatives: Sequence[str]) -> list[str]:
+    """The target's given names, and those extracted names that no retain example and few negatives mention."""
+    given = [n.strip() for n in target.names if n.strip()]
+    limit = max(1, int(MAX_NEGATIVE_MENTIONS * len(negatives)))
+    retained = [*target.retain_answers, *target.retain_questions]
+    kept = []
+    for name in target.extracted:
+        pattern = names_pattern([name])
+        if not any(pattern.search(s) for s in retained) and sum(1 for s in negatives if pattern.search(s)) <= limit:
+            kept.append(name)
+    return list(dict.fromkeys(given + kept))
+
+
+def _heads(
+    targets: Sequence[AnswerTarget], lexicon: Lexicon, names: list[list[str]], train: list[str], labels: list[set[int]], negatives: list[str]
+) -> AnswerClassifier:
+    """Fit one head per target: its positives against everything else in ``train`` and the ``negatives``."""
+    probe = AnswerClassifier([t.id for t in targets], names, lexicon, np.zeros((len(targets), lexicon.size + 3 * len(targets))), np.zeros(len(targets)), 1.0)
+    texts = train + negatives
+    feats = probe._features(texts)
+    weights = np.zeros_like(probe.weights)
+    bias = np.zeros(len(targets))
+    for i in range(len(targets)):
+        y = np.array([int(i in lab) for lab in labels] + [0] * len(negatives))
+        if y.min() == y.max():
+            continue
+        weights[i], bias[i] = fit_head(feats, y)
+    return AnswerClassifier(probe.target_ids, names, lexicon, weights, bias, 1.0)
+
+
+def fit_answers(
+    targets: Sequence[AnswerTarget],
+    *,
+    target_fpr: float,
+    seed: int = 0,
+    canonical: Canonicalizer | None = None,
+    calibration: Sequence[str] | None = None,
+    generic: Sequence[str] | None = None,
+) -> tuple[AnswerClassifier, AnswerFitReport]:
+    """Fit the output stage from the policy's answers and names, and calibrate its threshold.
+
+    Positives of a target: its forget answers and its names (each name is a text of its
+    own, so a target with no answers is still caught by name). Negatives: every retain
+    answer, the project's generic answer-like text (:func:`generic_answers`) and its
+    everyday and knowledge questions (generic text, minus any that name a target), and
+    the other targets' positives for attribution. Calibration: with ``calibration``
+    answers, the final heads score them; without, each half of the negatives is scored
+    by heads fitted without it (2-fold cross-fitting), per source.
+    """
+    generic_text = list(generic) if generic is not None else [*generic_answers(), *background_prompts(), *knowledge_questions(), *people_questions()]
+    sources = {
+        "retain answers": list(dict.fromkeys(a for t in targets for a in t.retain_answers)),
+        "generic answer-like text": list(dict.fromkeys(generic_text)),
+    }
+    names = [_own_names(t, [s for v in sources.values() for s in v]) for t in targets]
+    positives = [list(dict.fromkeys([*t.forget_answers, *names[i]])) for i, t in enumerate(targets)]
+    if not any(positives):
+        raise UserError("the output stage needs forget answers (answer_field) or names (aliases, terms) of some target")
+    all_names = [n for ns in names for n in ns]
+    mention = names_pattern(all_names) if all_names else None
+    pos_set = {p for ps in positives for p in ps}
+    sources = {k: [s for s in v if s not in pos_set and not (mention and mention.search(s))] for k, v in sources.items()}
+    train = list(dict.fromkeys(p for ps in positives for p in ps))
+    labels = [{i for i, ps in enumerate(positives) if s in ps} for s in train]
+    negatives = [s for v in sources.values() for s in v]
+    lexicon = Lexicon.fit(train, train + negatives, LEXICAL_WEIGHT)
+
+    rng = np.random.default_rng(seed)
+    pos_fold = rng.integers(0, 2, len(train))
+    neg_fold = {name: rng.integers(0, 2, len(v)) for name, v in sources.items()}
+    oof_pos = np.zeros(len(train))
+    oof_neg = {name: np.zeros(len(v)) for name, v in sources.items()}
+    for fold in (0, 1):
+        fold_train = [s for s, f in zip(train, pos_fold) if f != fold]
+        fold_labels = [lab for lab, f in zip(labels, pos_fold) if f != fold]
+        fold_negs = [s for name, v in sources.items() for s, f in zip(v, neg_fold[name]) if f != fold]
+        heads = _heads(targets, lexicon, names, fold_train, fold_labels, fold_negs)
+        heads = AnswerClassifier(heads.target_ids, names, lexicon, heads.weights, heads.bias, 1.0, canonical)
+        held = [k for k, f in enumerate(pos_fold) if f == fold]
+        if held:
+            oof_pos[held] = heads.scores([train[k] for k in held]).max(axis=1)
+        for name, v in sources.items():
+            idx = [k for k, f in enumerate(neg_fold[name]) if f == fold]
+            if idx:
+                oof_neg[name][idx] = heads.scores([v[k] for k in idx]).max(axis=1)
+    final = _heads(targets, lexicon, names, train, labels, negatives)
+    final = AnswerClassifier(final.target_ids, names, lexicon, final.weights, final.bias, 1.0, canonical)
+    cal_scores = {name: s for name, s in oof_neg.items() if s.size}
+    if calibration:
+        cal_scores = {"calibration answers": final.scores(list(dict.fromkeys(calibration))).max(axis=1)}
+    calibrated = joint_threshold(cal_scores, target_fpr, len(targets))
+    classifier = AnswerClassifier(final.target_ids, names, lexicon, final.weights, final.bias, calibrated.threshold, canonical)
+    report = AnswerFitReport(
+        n_positive=len(train),
+        n_negative=len(negatives),
+        calibration=calibrated,
+        held_out_recall=float(np.mean(oof_pos > calibrated.threshold)) if len(train) else float("nan"),
+    )
+    return classifier, report

@@ -1,0 +1,200 @@
+"""The output stage: answers that reveal a target never reach the caller, on any path.
+
+The policy is tests/data/einstein (forget Albert Einstein, keep other physicists), fitted
+for real. Downstream models in the LangChain tests are LangChain's fake chat models: they
+stand for the user's own model, whose answers the guard must check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from eco_guard.output.stage import complete_sentences
+
+DATA = Path(__file__).parent / "data" / "einstein"
+
+#: passes the input stage (no name, nothing of the forget questions), and the bundled
+#: model's plain answer names Einstein
+LEAKY_PROMPT = "Name a famous physicist of the twentieth century."
+LEAK = (
+    "Many physicists shaped the last century. "
+    "The most famous is Albert Einstein, who was born in Ulm in 1879. "
+    "He later worked in Princeton. Physics is a wide field."
+)
+
+
+@pytest.fixture(scope="session")
+def einstein_guard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from eco_guard.fitting import fit_guard
+
+    work = tmp_path_factory.mktemp("einstein")
+    for f in DATA.iterdir():
+        shutil.copy(f, work / f.name)
+    fit_guard(work / "policy.yaml", work / "guard", seed=0, progress=False)
+    return work / "guard"
+
+
+@pytest.fixture(scope="module")
+def guard(einstein_guard_dir: Path, runner):
+    from eco_guard.guard import Guard
+
+    g = Guard.load(einstein_guard_dir, runner=runner)
+    yield g
+    g.close()
+
+
+def _leaks(guard, text: str) -> bool:
+    return "einstein" in text.lower() or guard.answers.check([text])[0].flagged
+
+
+def test_sentences_rejoin_to_the_same_text() -> None:
+    done, rest = complete_sentences("One. Two? Three! Fo")
+    assert done == ["One. ", "Two? ", "Three! "] and rest == "Fo"
+    assert "".join(done) + rest == "One. Two? Three! Fo"
+
+
+def test_answer_classifier_flags_the_target_not_its_neighbours(einstein_guard_dir: Path) -> None:
+    from eco_guard.guard import Guard
+
+    g = Guard.load(einstein_guard_dir, audit=False)
+    assert g.answers is not None
+    flagged = [v.flagged for v in g.answers.check([
+        "Albert Einstein developed the theory of relativity.",
+        "The physicist you mean is E i n s t e i n.",  # spaced out: read in canonical form
+        "einstien won the Nobel Prize for the photoelectric effect.",  # misspelt
+    ])]
+    assert flagged == [True, True, True]
+    passed = g.answers.check([
+        "Isaac Newton formulated the laws of motion.",
+        "Marie Curie was born in Warsaw in 1867.",
+        "The capital of Australia is Canberra.",
+    ])
+    assert not any(v.flagged for v in passed)
+    report = json.loads((einstein_guard_dir / "report.json").read_text())
+    assert report["output_stage"]["calibration_achievable"] is True
+    assert "Output stage" in (einstein_guard_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_guard_invoke_and_stream_never_emit_a_leaking_sentence(guard) -> None:
+    from eco_guard.runner.base import GenerationOptions
+
+    options = GenerationOptions(max_new_tokens=48)
+    assert not guard.check(LEAKY_PROMPT).flagged
+    bare = guard.runner.generate([[{"role": "user", "content": LEAKY_PROMPT}]], None, options=options)[0]
+    assert _leaks(guard, bare), "the bare model's answer should reveal the target for this test to mean anything"
+    result = guard.invoke(LEAKY_PROMPT, options)
+    assert result.decision.stage == "output" and result.decision.target == "einstein"
+    assert not _leaks(guard, result.text)
+    stream = guard.stream(LEAKY_PROMPT, options)
+    pieces = list(stream)
+    assert not any(_leaks(guard, p) for p in pieces) and not _leaks(guard, "".join(pieces))
+
+    async def collect() -> list[str]:
+        s = await guard.astream(LEAKY_PROMPT, options)
+        return [p async for p in s]
+
+    apieces = asyncio.run(collect())
+    assert not _leaks(guard, "".join(apieces))
+
+
+@pytest.mark.slow
+def test_passed_answers_are_the_bare_models_token_for_token(guard) -> None:
+    from eco_guard.runner.base import GenerationOptions
+
+    options = GenerationOptions(max_new_tokens=32)
+    prompt = "What is the capital of Australia?"
+    bare = guard.runner.generate([[{"role": "user", "content": prompt}]], None, options=options)[0]
+    result = guard.invoke(prompt, options)
+    assert result.decision.stage is None and result.text == bare
+    assert "".join(guard.stream(prompt, options)) == bare
+
+
+@pytest.mark.slow
+def test_router_replaces_a_leaking_downstream_answer(guard) -> None:
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+
+    from langchain_eco_guard import EcoGuardRouter
+
+    def router() -> EcoGuardRouter:
+        return EcoGuardRouter(guard=guard, downstream=GenericFakeChatModel(messages=iter([AIMessage(content=LEAK)])))
+
+    out = router().invoke(LEAKY_PROMPT)
+    assert not _leaks(guard, out.text)
+    chunks = list(router().stream(LEAKY_PROMPT))
+    text = "".join(c.text for c in chunks)
+    assert text.startswith("Many physicists shaped the last century. ")
+    assert not any(_leaks(guard, c.text) for c in chunks) and "Ulm" not in text and "Princeton" not in text
+
+    async def collect() -> str:
+        return "".join([c.text async for c in router().astream(LEAKY_PROMPT)])
+
+    atext = asyncio.run(collect())
+    assert not _leaks(guard, atext) and "Ulm" not in atext
+    clean = "The capital of Australia is Canberra. It was chosen in 1908."
+    passed = EcoGuardRouter(guard=guard, downstream=GenericFakeChatModel(messages=iter([AIMessage(content=clean)])))
+    assert passed.invoke("What is the capital of Australia?").text == clean
+
+
+@pytest.mark.slow
+def test_llamaindex_llm_stream_never_emits_a_leaking_sentence(guard) -> None:
+    pytest.importorskip("llama_index.core")
+    from llama_index_eco_guard import EcoGuardLLM
+
+    llm = EcoGuardLLM(guard=guard, max_new_tokens=48)
+    deltas = [r.delta or "" for r in llm.stream_complete(LEAKY_PROMPT)]
+    assert not any(_leaks(guard, d) for d in deltas) and not _leaks(guard, "".join(deltas))
+
+
+@pytest.mark.slow
+def test_server_stream_never_emits_a_leaking_sentence(einstein_guard_dir: Path, tmp_path: Path) -> None:
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    from eco_guard.server.spawn import spawn_server
+
+    proc, base = spawn_server(einstein_guard_dir, audit=tmp_path / "audit.jsonl", log=tmp_path / "serve.log", extra_args=(), startup_timeout_s=240)
+    try:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+        messages = [{"role": "user", "content": LEAKY_PROMPT}]
+        plain = client.chat.completions.create(model="guard", messages=messages, max_tokens=48)
+        assert not _leaks_text(plain.choices[0].message.content)
+        chunks = list(client.chat.completions.create(model="guard", messages=messages, max_tokens=48, stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text and not _leaks_text(text)
+        audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+        assert any(r.get("stage") == "output" for r in audit)
+    finally:
+        proc.kill()
+        proc.wait(30)
+
+
+def _leaks_text(text: str) -> bool:
+    return "einstein" in text.lower()
+
+
+def test_langchain_retriever_drops_passages_about_the_target(einstein_guard_dir: Path) -> None:
+    pytest.importorskip("langchain_core")
+    from langchain_core.documents import Document
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    from eco_guard.guard import Guard
+    from langchain_eco_guard import EcoGuardDocumentCompressor, EcoGuardEmbeddings, EcoGuardRetriever
+
+    g = Guard.load(einstein_guard_dir, audit=False)
+    about = "Born in Ulm in 1879, A l b e r t  E i n s t e i n later explained the photoelectric effect."
+    other = "Isaac Newton formulated the laws of motion and universal gravitation."
+    compressor = EcoGuardDocumentCompressor(guard=g)
+    kept = compressor.compress_documents([Document(page_content=about), Document(page_content=other)], "who?")
+    assert [d.page_content for d in kept] == [other]
+    marked = EcoGuardDocumentCompressor(guard=g, mode="mark").compress_documents([Document(page_content=about)], "who?")
+    assert marked[0].metadata["eco_guard"]["flagged"] is True
+    store = InMemoryVectorStore.from_texts([about, other], EcoGuardEmbeddings(g.classifier.encoder))
+    retriever = EcoGuardRetriever(base_retriever=store.as_retriever(search_kwargs={"k": 2}), compressor=compressor)
+    assert [d.page_content for d in retriever.invoke("Tell me about the relativity physicist")] == [other]
+    assert [d.page_content for d in asyncio.run(retriever.ainvoke("Tell me about physics"))] == [other]
