@@ -273,8 +273,8 @@ def part_person(max_new_tokens: int, quick: bool = False) -> dict[str, Any]:
         guard = Guard.load(work / "guard", runner=runner, audit=False)
         options = GenerationOptions(max_new_tokens=max_new_tokens)
         all_forget = [p for v in forget_sets.values() for p in v]
-        bare = dict(zip(all_forget, runner.generate([[{"role": "user", "content": p}] for p in all_forget], None, options=options)))
-        solo = {p: runner.generate([[{"role": "user", "content": p}]], None, options=options)[0] for p in innocent}
+        bare = dict(zip(all_forget, guard.answer_unguarded(all_forget, options)))
+        solo = {p: guard.answer_unguarded([p], options)[0] for p in innocent}
         out: dict[str, Any] = {"sets": {}, "prompt_side": {}}
         for setup_name in ("input only", "everything") if quick else ("input only", "input + output", "everything"):
             g = setup(guard, setup_name)

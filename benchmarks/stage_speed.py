@@ -80,14 +80,14 @@ def stage_costs(guard: Guard, *, n: int = 300) -> dict[str, Any]:
 
 def first_token_s(guard: Guard, prompt: str, reps: int = 5, tokens: int = 48) -> dict[str, float]:
     """Median time to the first streamed piece: bare runner vs guard (which holds each sentence until checked)."""
-    from eco_guard.runner.base import GenerationOptions
+    from eco_guard.runner.base import GenerationOptions, GenerationRow
 
     opts = GenerationOptions(max_new_tokens=tokens)
     chat = [{"role": "user", "content": prompt}]
     bare, guarded = [], []
     for _ in range(reps):
         t0 = time.perf_counter()
-        stream = iter(guard.runner.stream(chat, None, options=opts))
+        stream = iter(guard.runner.stream(GenerationRow(chat), opts))
         next(stream)
         bare.append(time.perf_counter() - t0)
         list(stream)

@@ -196,7 +196,7 @@ def read_guard(
         )
 
     names = doc.get("canonical")
-    canonical = Canonicalizer.from_names(names["names"]) if isinstance(names, dict) else None
+    canonical = Canonicalizer.from_names(names["names"], names.get("words", ())) if isinstance(names, dict) else None
     return GuardParts(
         canonical=canonical,
         answers=AnswerClassifier.load(directory, canonical),

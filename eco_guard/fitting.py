@@ -279,7 +279,7 @@ def fit_guard(
         else None
     )
     names = target_names(spec.targets, forgets)
-    canonical = Canonicalizer.from_names(n for ns in names for n in ns)
+    canonical = Canonicalizer.for_policy((n for ns in names for n in ns), (e.text for f in forgets for e in f))
     classifier, fits = Classifier.fit(
         encoder,
         data,
@@ -333,7 +333,7 @@ def fit_guard(
         fitted=[r.fitted for r in results],
         data=data_record,
         seed=seed,
-        extra={"canonical": {"names": list(canonical.names)}},
+        extra={"canonical": {"names": list(canonical.names), "words": list(canonical.words)}},
     )
     # Scores on the fit data, for the report's histograms: in-sample, and labelled so.
     fit_scores = {fit.id: {"forget": list(fit.forget_scores), "retain": list(fit.retain_scores)} for fit in fits}

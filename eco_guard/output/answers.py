@@ -109,8 +109,18 @@ def _distinctive_parts(name: str) -> list[str]:
     return [w for w in re.findall(r"[^\W\d_][\w'’-]*", name) if len(w) >= 4 and w.lower() not in everyday]
 
 
-def _any_case(names: Sequence[str]) -> re.Pattern[str]:
-    return re.compile(names_pattern(names).pattern, re.IGNORECASE)
+def _name_matcher(names: Sequence[str]) -> re.Pattern[str]:
+    """Whole-word matches of ``names``: a name of several words in any case ("albert
+    einstein" names him too), a single word only as written, since in lower case most
+    single-word names are everyday words (Park, Promise, Irish)."""
+    several = [n for n in names if len(n.split()) > 1]
+    single = [n for n in names if len(n.split()) <= 1]
+    parts = []
+    if several:
+        parts.append("(?i:" + names_pattern(several).pattern + ")")
+    if single:
+        parts.append(names_pattern(single).pattern)
+    return re.compile("|".join(parts))
 
 
 class AnswerClassifier:
@@ -141,9 +151,8 @@ class AnswerClassifier:
         self.bias = bias
         self.threshold = float(threshold)
         self.canonical = canonical
-        # Case-insensitive: an answer asked for in lower case or "rAnDoM cAsE" still names the target.
-        self._full = [_any_case(ns) if ns else None for ns in self.names]
-        self._parts = [_any_case(ps) if (ps := [p for nm in ns for p in _distinctive_parts(nm)]) else None for ns in self.names]
+        self._full = [_name_matcher(ns) if ns else None for ns in self.names]
+        self._parts = [_name_matcher(ps) if (ps := [p for nm in ns for p in _distinctive_parts(nm)]) else None for ns in self.names]
 
     def _features(self, texts: Sequence[str]) -> sparse.csr_matrix:
         lex = self.lexicon.transform(texts)
@@ -233,7 +242,7 @@ def _own_names(target: AnswerTarget, negatives: Sequence[str]) -> list[str]:
     retained = [*target.retain_answers, *target.retain_questions]
     kept = []
     for name in target.extracted:
-        pattern = names_pattern([name])
+        pattern = _name_matcher([name])  # as answers are read
         if not any(pattern.search(s) for s in retained) and sum(1 for s in negatives if pattern.search(s)) <= limit:
             kept.append(name)
     return list(dict.fromkeys(given + kept))
@@ -254,6 +263,37 @@ def _heads(
             continue
         weights[i], bias[i] = fit_head(feats, y)
     return AnswerClassifier(probe.target_ids, names, lexicon, weights, bias, 1.0)
+
+
+def _cross_fitted(
+    targets: Sequence[AnswerTarget],
+    lexicon: Lexicon,
+    names: list[list[str]],
+    train: list[str],
+    labels: list[set[int]],
+    sources: dict[str, list[str]],
+    folds: tuple[np.ndarray, dict[str, np.ndarray]],
+    canonical: Canonicalizer | None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """2-fold cross-fitted max scores of the positives and of each source of negatives:
+    each half scored by heads fitted without it."""
+    pos_fold, neg_fold = folds
+    oof_pos = np.zeros(len(train))
+    oof_neg = {name: np.zeros(len(v)) for name, v in sources.items()}
+    for fold in (0, 1):
+        fold_train = [s for s, f in zip(train, pos_fold) if f != fold]
+        fold_labels = [lab for lab, f in zip(labels, pos_fold) if f != fold]
+        fold_negs = [s for name, v in sources.items() for s, f in zip(v, neg_fold[name]) if f != fold]
+        heads = _heads(targets, lexicon, names, fold_train, fold_labels, fold_negs)
+        heads = AnswerClassifier(heads.target_ids, names, lexicon, heads.weights, heads.bias, 1.0, canonical)
+        held = [k for k, f in enumerate(pos_fold) if f == fold]
+        if held:
+            oof_pos[held] = heads.scores([train[k] for k in held]).max(axis=1)
+        for name, v in sources.items():
+            idx = [k for k, f in enumerate(neg_fold[name]) if f == fold]
+            if idx:
+                oof_neg[name][idx] = heads.scores([v[k] for k in idx]).max(axis=1)
+    return oof_pos, oof_neg
 
 
 def fit_answers(
@@ -291,26 +331,11 @@ def fit_answers(
     train = list(dict.fromkeys(p for ps in positives for p in ps))
     labels = [{i for i, ps in enumerate(positives) if s in ps} for s in train]
     negatives = [s for v in sources.values() for s in v]
-    lexicon = Lexicon.fit(train, train + negatives, LEXICAL_WEIGHT)
 
     rng = np.random.default_rng(seed)
-    pos_fold = rng.integers(0, 2, len(train))
-    neg_fold = {name: rng.integers(0, 2, len(v)) for name, v in sources.items()}
-    oof_pos = np.zeros(len(train))
-    oof_neg = {name: np.zeros(len(v)) for name, v in sources.items()}
-    for fold in (0, 1):
-        fold_train = [s for s, f in zip(train, pos_fold) if f != fold]
-        fold_labels = [lab for lab, f in zip(labels, pos_fold) if f != fold]
-        fold_negs = [s for name, v in sources.items() for s, f in zip(v, neg_fold[name]) if f != fold]
-        heads = _heads(targets, lexicon, names, fold_train, fold_labels, fold_negs)
-        heads = AnswerClassifier(heads.target_ids, names, lexicon, heads.weights, heads.bias, 1.0, canonical)
-        held = [k for k, f in enumerate(pos_fold) if f == fold]
-        if held:
-            oof_pos[held] = heads.scores([train[k] for k in held]).max(axis=1)
-        for name, v in sources.items():
-            idx = [k for k, f in enumerate(neg_fold[name]) if f == fold]
-            if idx:
-                oof_neg[name][idx] = heads.scores([v[k] for k in idx]).max(axis=1)
+    folds = (rng.integers(0, 2, len(train)), {name: rng.integers(0, 2, len(v)) for name, v in sources.items()})
+    lexicon = Lexicon.fit(train, train + negatives, LEXICAL_WEIGHT)
+    oof_pos, oof_neg = _cross_fitted(targets, lexicon, names, train, labels, sources, folds, canonical)
     final = _heads(targets, lexicon, names, train, labels, negatives)
     final = AnswerClassifier(final.target_ids, names, lexicon, final.weights, final.bias, 1.0, canonical)
     cal_scores = {name: s for name, s in oof_neg.items() if s.size}
