@@ -49,6 +49,9 @@ _BASE64_TOKEN = re.compile(r"(?<![\w+/=])[A-Za-z0-9+/_-]{12,}={0,2}(?![\w+/=])")
 _HEX_RUN = re.compile(r"(?<![\w])(?:(?:0x)?[0-9A-Fa-f]{2}[ :]?){6,}(?![\w])")
 _URL_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
+_COMPOUND = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)*(?:['’][^\W\d_]+)?")
+"""A word that may be hyphenated ("Yun-Hwa", "Al-Kuwaiti"): typos in names often fall on
+or around the hyphen ("YunHwa", "Yun-wa"), so such names are matched whole."""
 
 MIN_DECODED_PRINTABLE = 0.9
 """Share of printable characters a decoded segment needs to be taken as text (random
@@ -206,6 +209,16 @@ def everyday_words() -> frozenset[str]:
     return frozenset(words)
 
 
+def _is_known(word: str) -> bool:
+    """Whether a (lower-case) word is spelt right: a known word, or a compound of known
+    words of four letters or more ("well-known"; not "yun-wa")."""
+    known = known_words()
+    if word in known:
+        return True
+    parts = word.split("-")
+    return len(parts) > 1 and all(len(p) >= 4 and p in known for p in parts)
+
+
 def max_typos(length: int) -> int:
     """Edits a word of ``length`` letters may be away from a name and still be read as it.
 
@@ -233,11 +246,15 @@ class Canonicalizer:
     too. Typos matter to the guard exactly when they hide the words its classifier was
     fitted on, and those are these; other words are left as written."""
     _vocabulary: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _spelling: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        words = {w.lower() for n in self.names for w in _WORD.findall(surface_form(n)) if len(w) >= 5}
-        words.update(w.lower() for w in self.words if len(w) >= 5)
+        # A word of a name is written back as the name writes it ("einstien" -> "Einstein").
+        spelling = {w.lower(): w for n in self.names for w in _COMPOUND.findall(surface_form(n)) if len(w) >= 5}
+        spelling.update({w.replace("-", "").lower(): w for w in list(spelling.values()) if "-" in w})
+        words = set(spelling) | {w.lower() for w in self.words if len(w) >= 5}
         object.__setattr__(self, "_vocabulary", tuple(sorted(words)))
+        object.__setattr__(self, "_spelling", spelling)
 
     @classmethod
     def from_names(cls, names: Iterable[str], words: Iterable[str] = ()) -> Canonicalizer:
@@ -256,20 +273,22 @@ class Canonicalizer:
         """``surface`` (a :func:`surface_form`) with misspelt target names corrected."""
         if not self._vocabulary:
             return surface
-        return _WORD.sub(self._correct, surface)
+        return _COMPOUND.sub(self._correct, surface)
 
     def _correct(self, match: re.Match[str]) -> str:
         found = match.group(0)
         stem = re.sub(r"['’]s$", "", found)  # a possessive is corrected as its word
         lower = stem.lower()
         limit = max_typos(len(lower))
-        if not limit or lower in self._vocabulary or lower in known_words():
+        if lower in self._spelling:  # a name's word, written as the name writes it
+            return self._spelling[lower] + found[len(stem) :]
+        if not limit or lower in self._vocabulary or _is_known(lower):
             return found
         best = extractOne(lower, self._vocabulary, scorer=OSA.distance, score_cutoff=limit)
         if best is None:
             return found
-        fixed = best[0]
-        return (fixed.capitalize() if stem[:1].isupper() else fixed) + found[len(stem) :]
+        fixed = self._spelling.get(best[0]) or (best[0].capitalize() if stem[:1].isupper() else best[0])
+        return fixed + found[len(stem) :]
 
     def variants(self, text: str) -> list[str]:
         """The readings a text is scored by (see :func:`readings`)."""

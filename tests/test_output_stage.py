@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from eco_guard.output.stage import complete_sentences
+from tests.conftest import benchmark_module
 
 DATA = Path(__file__).parent / "data" / "einstein"
 
@@ -86,7 +87,7 @@ def test_guard_invoke_and_stream_never_emit_a_leaking_sentence(guard) -> None:
 
     options = GenerationOptions(max_new_tokens=48)
     assert not guard.check(LEAKY_PROMPT).flagged
-    bare = guard.runner.generate([[{"role": "user", "content": LEAKY_PROMPT}]], None, options=options)[0]
+    bare = guard.answer_unguarded([LEAKY_PROMPT], options)[0]
     assert _leaks(guard, bare), "the bare model's answer should reveal the target for this test to mean anything"
     result = guard.invoke(LEAKY_PROMPT, options)
     assert result.decision.stage == "output" and result.decision.target == "einstein"
@@ -109,7 +110,7 @@ def test_passed_answers_are_the_bare_models_token_for_token(guard) -> None:
 
     options = GenerationOptions(max_new_tokens=32)
     prompt = "What is the capital of Australia?"
-    bare = guard.runner.generate([[{"role": "user", "content": prompt}]], None, options=options)[0]
+    bare = guard.answer_unguarded([prompt], options)[0]
     result = guard.invoke(prompt, options)
     assert result.decision.stage is None and result.text == bare
     assert "".join(guard.stream(prompt, options)) == bare
@@ -156,14 +157,14 @@ def test_llamaindex_llm_stream_never_emits_a_leaking_sentence(guard) -> None:
 def test_server_stream_never_emits_a_leaking_sentence(einstein_guard_dir: Path, tmp_path: Path) -> None:
     openai = pytest.importorskip("openai")
     pytest.importorskip("fastapi")
-    from eco_guard.server.spawn import spawn_server
-
+    spawn_server = benchmark_module("spawn").spawn_server
     proc, base = spawn_server(einstein_guard_dir, audit=tmp_path / "audit.jsonl", log=tmp_path / "serve.log", extra_args=(), startup_timeout_s=240)
     try:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
         messages = [{"role": "user", "content": LEAKY_PROMPT}]
         plain = client.chat.completions.create(model="guard", messages=messages, max_tokens=48)
         assert not _leaks_text(plain.choices[0].message.content)
+        assert plain.model_extra["eco_guard"]["stage"] == "output"  # the response reports the catch
         chunks = list(client.chat.completions.create(model="guard", messages=messages, max_tokens=48, stream=True))
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text and not _leaks_text(text)
