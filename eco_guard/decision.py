@@ -56,6 +56,10 @@ class Decision:
             "scores": dict(self.scores),
             "corruption": None if self.corruption is None else {**self.corruption.to_dict(), "scope": self.scope},
             "error": self.error,
+            "stage": self.stage,
+            "output_score": self.output_score,
+            "output_threshold": self.output_threshold,
+            "language": self.language,
         }
 
 
