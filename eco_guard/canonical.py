@@ -118,7 +118,9 @@ def fold_leetspeak(text: str) -> str:
             return word  # 2 and 6 stand for no letter: an id, a hash or a quantity, not a word
         return word.translate(_LEET)
 
-    return _LEET_WORD.sub(fold, text)
+    folded = _LEET_WORD.sub(fold, text)
+    # A possessive's s after the apostrophe ("Yun-Hw4'5") is a word of its own to the pattern above.
+    return re.sub(r"(?<=[A-Za-z])(['’])5(?![\w@$])", r"\1s", folded) if folded != text else folded
 
 
 def _printable_text(raw: bytes) -> str | None:

@@ -66,7 +66,7 @@ def test_scored_pieces_read_disguised_text_canonically_and_typos_both_ways() -> 
     # disguised: the written form is noise to the encoder, so only the canonical reading is scored
     assert scored_pieces("When did E i n s t e i n die?", READER) == ["When did Einstein die?"]
     # plain text with a misspelt name: both readings, the higher score decides
-    assert scored_pieces("When did einstien die?", READER) == ["When did einstien die?", "When did einstein die?"]
+    assert scored_pieces("When did einstien die?", READER) == ["When did einstien die?", "When did Einstein die?"]
     assert scored_pieces("When did Newton die?", READER) == ["When did Newton die?"]
     assert scored_pieces("When did E i n s t e i n die?", None) == ["When did E i n s t e i n die?"]
 
@@ -89,3 +89,16 @@ def test_language_is_read_case_blind_and_offline() -> None:
     assert policy.judge("Quand est mort le célèbre physicien ?") == ("fr", True)
     assert policy.judge("When did the famous physicist die?")[1] is False
     assert policy.judge("Einstein?")[1] is False  # too short to call foreign
+
+
+def test_typos_in_names_and_forget_words_but_never_in_real_words() -> None:
+    reader = Canonicalizer.for_policy(["Hsiao Yun-Hwa"], ["How did Hsiao Yun-Hwa's leadership philosophy form?"])
+    assert reader("How did Hsiiao YunHwa's ladership phlosophy form?") == "How did Hsiao Yun-Hwa's leadership philosophy form?"
+    assert reader("Has Yun-wa written more?") == "Has Yun-Hwa written more?"
+    # "faced" is a real word one edit from nothing here, and a compound of real words stays
+    assert reader("She faced a well-known critic.") == "She faced a well-known critic."
+
+
+def test_leetspeak_possessive() -> None:
+    assert surface_form("What is Yun-Hw4'5 b3st b00k?") == "What is Yun-Hwa's best book?"
+    assert surface_form("Music of the 90'5") == "Music of the 90'5"
