@@ -214,22 +214,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": f"{torch.get_num_threads()} torch thread(s), CPU",
         "command": "python benchmarks/efficacy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
+    # read once, before this run writes: the E1 write below would otherwise replace the
+    # WMDP section that --skip-wmdp is meant to keep
+    path = RESULTS / f"{stem}.json"
+    previous: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if args.skip_wmdp and "wmdp" in previous:
+        result["wmdp"] = previous["wmdp"]  # kept from the run that measured it, as --skip-e1 keeps E1
+        result["command"] += " (WMDP section kept from the previous run)"
     with tempfile.TemporaryDirectory(prefix="eco-guard-efficacy-") as tmp:
         work = Path(tmp)
         if args.skip_e1:
-            result["e1"] = json.loads((RESULTS / f"{stem}.json").read_text(encoding="utf-8"))["e1"]
+            result["e1"] = previous["e1"]
         else:
-            if (RESULTS / f"{stem}.json").is_file():  # the strengths this run replaces, reported beside the new ones
-                old = json.loads((RESULTS / f"{stem}.json").read_text(encoding="utf-8")).get("e1", {})
-                result["previous_strengths"] = {scope: r["fit"]["corruption"]["strength"] for scope, r in old.items()}
+            if previous.get("e1"):  # the strengths this run replaces, reported beside the new ones
+                result["previous_strengths"] = {scope: r["fit"]["corruption"]["strength"] for scope, r in previous["e1"].items()}
             result["e1"] = run_e1(runner, model, work, ["prompt"] if args.skip_entities else ["prompt", "entities"])
             write_results(result, stem)  # E1 is kept even if the (slow) WMDP part is interrupted
         if not args.skip_wmdp:
             result["wmdp"] = run_wmdp(runner, model, work, args.wmdp_n, args.mmlu_n, args.wmdp_strength)
             write_results(result, stem)
-        elif (RESULTS / f"{stem}.json").is_file() and "wmdp" in (previous := json.loads((RESULTS / f"{stem}.json").read_text(encoding="utf-8"))):
-            result["wmdp"] = previous["wmdp"]  # kept from the run that measured it, as --skip-e1 keeps E1
-            result["command"] += " (WMDP section kept from the previous run)"
     print(markdown(result))
     return 0
 

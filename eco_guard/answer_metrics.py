@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .corruption import Corruption
+from .runner.base import MIN_DISTINCT as MIN_DISTINCT  # the looping bar, beside the decoding option that keeps to it
 from .runner.base import GenerationRow, MaskSpec, Runner
 
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -42,10 +43,6 @@ def recall(outputs: Sequence[str], golds: Sequence[str]) -> float:
     if not outputs:
         return 0.0
     return sum(contains_answer(o, g) for o, g in zip(outputs, golds, strict=True)) / len(outputs)
-
-
-#: distinct-token ratio below which an answer counts as looping (the issue's "no loops" bar)
-MIN_DISTINCT = 0.5
 
 
 def distinct_ratio(token_ids: Sequence[int]) -> float:

@@ -107,7 +107,7 @@ SPAN = 10.0
 #: nats of mean token log-prob under corruption (e^-0.7: about half as likely per token)
 RECALL_DROP = 0.7
 #: bump when the search returns something else for the same inputs (it keys cached results)
-SEARCH_VERSION = 2
+SEARCH_VERSION = 3
 
 WHAT_TO_TRY_OBJECTIVE = (
     "scope: prompt (corrupt the whole question, not only its names), more corrupted dims "

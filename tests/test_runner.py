@@ -17,6 +17,7 @@ import torch
 
 from eco_guard.corruption import Corruption
 from eco_guard.errors import InputError
+from eco_guard.answer_metrics import MIN_DISTINCT, distinct_ratio
 from eco_guard.runner.base import GenerationOptions, GenerationRow, MaskSpec, Runner
 
 pytestmark = pytest.mark.slow
@@ -212,8 +213,9 @@ def test_corrupted_rows_never_loop_and_clean_rows_are_untouched(model) -> None:
     for answer in ids[:2]:
         grams = _bigrams(answer)
         assert len(grams) == len(set(grams)), model.tokenizer.decode(answer)
+        assert distinct_ratio(answer) >= MIN_DISTINCT, model.tokenizer.decode(answer)
     assert ids[2] == model.generate_ids([rows[2]], opts)[0]  # clean row: bare decoding
-    off = model.generate_ids(rows[:2], GenerationOptions(max_new_tokens=48, corrupted_no_repeat_ngram=0))
+    off = model.generate_ids(rows[:2], GenerationOptions(max_new_tokens=48, corrupted_no_repeat_ngram=0, corrupted_min_distinct=0.0))
     assert off != ids[:2]  # the rule is what changed these answers
     streamed = "".join(model.stream(rows[0], opts))
     assert streamed == model.generate([rows[0]], opts)[0]
@@ -228,6 +230,38 @@ def test_no_repeat_processor_touches_only_its_rows() -> None:
     scores = proc(history, torch.zeros(2, 10))
     assert scores[0, 6] == -float("inf") and torch.isfinite(scores[0, [0, 1, 2, 3, 4, 5, 7, 8, 9]]).all()
     assert torch.isfinite(scores[1]).all()
+
+
+def test_distinct_floor_bans_used_tokens_only_below_it() -> None:
+    """A digit-string loop has no repeated pair to ban; the floor on distinct tokens catches it."""
+    from eco_guard.runner.loop_guard import CorruptedRowsNoRepeat
+
+    history = torch.tensor([[1, 2, 3, 1, 4, 2, 5, 3, 6, 4, 7, 5], [1, 2, 3, 1, 4, 2, 5, 3, 6, 4, 7, 5]])  # 7 of 12 distinct
+    floor = CorruptedRowsNoRepeat([0], n=0, min_distinct=0.6)
+    floor(history[:, :0], torch.zeros(2, 10))
+    scores = floor(history, torch.zeros(2, 10))  # one more used token: 7/13 < 0.6
+    assert (scores[0, 1:8] == -float("inf")).all() and torch.isfinite(scores[0, [0, 8, 9]]).all()
+    assert torch.isfinite(scores[1]).all()
+    lenient = CorruptedRowsNoRepeat([0], n=0, min_distinct=0.5)
+    lenient(history[:, :0], torch.zeros(2, 10))
+    assert torch.isfinite(lenient(history, torch.zeros(2, 10))).all()  # 7/13 >= 0.5: nothing banned
+    # greedy decoding that prefers ten "digits" ends above the floor however long it runs
+    guard = CorruptedRowsNoRepeat([0], n=2, min_distinct=MIN_DISTINCT)
+    out = torch.zeros((1, 0), dtype=torch.long)
+    preference = torch.cat([torch.linspace(20, 11, 10), torch.zeros(40)])
+    for _ in range(48):
+        out = torch.cat([out, guard(out, preference.clone()[None]).argmax(-1, keepdim=True)], dim=1)
+    assert distinct_ratio(out[0].tolist()) >= MIN_DISTINCT
+
+
+def test_loop_guard_is_off_only_when_both_rules_are() -> None:
+    from eco_guard.runner.loop_guard import loop_guard
+
+    assert loop_guard([0], GenerationOptions(corrupted_no_repeat_ngram=0, corrupted_min_distinct=0.0)) is None
+    assert loop_guard([], GenerationOptions()) is None
+    assert loop_guard([0], GenerationOptions(corrupted_no_repeat_ngram=0)).min_distinct == MIN_DISTINCT
+    with pytest.raises(InputError, match="corrupted_min_distinct"):
+        GenerationOptions(corrupted_min_distinct=1.5)
 
 
 def test_stream_matches_generate(model) -> None:
@@ -382,7 +416,7 @@ def _tiny_loop_runner_class():
 
         @torch.inference_mode()
         def _decode(self, batch: EmbeddedBatch, options: GenerationOptions, on_step: Callable[[list[int]], None], stop=None) -> list[list[int]]:
-            guard = loop_guard(batch.corrupted_rows, options.corrupted_no_repeat_ngram)
+            guard = loop_guard(batch.corrupted_rows, options)
             embeds, attention = batch.embeds, batch.attention
             out = torch.zeros((embeds.shape[0], 0), dtype=torch.long)
             done = torch.zeros(embeds.shape[0], dtype=torch.bool)

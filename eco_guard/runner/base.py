@@ -20,6 +20,7 @@ from .messages import ROLES, Message, Messages, normalize_messages
 
 __all__ = [
     "ROLES",
+    "MIN_DISTINCT",
     "GenerationOptions",
     "GenerationRow",
     "MaskSpec",
@@ -48,6 +49,11 @@ class MaskSpec:
     terms: tuple[str, ...] = field(default=())
 
 
+#: distinct-token ratio below which an answer counts as looping (the "no loops" bar of
+#: the evaluation, ``answer_metrics.py``); corrupted rows decode above it by default
+MIN_DISTINCT = 0.5
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     """Decoding settings; greedy by default so answers are reproducible."""
@@ -61,6 +67,10 @@ class GenerationOptions:
     #: one decode exactly as the bare model. See ``runner/loop_guard.py`` for why and
     #: for the measurements behind 2
     corrupted_no_repeat_ngram: int = 2
+    #: rows with a corruption never let their distinct-token ratio fall below this (0: off):
+    #: once it would, a token the answer already used is banned. Catches loops the n-gram
+    #: rule cannot, in tokenizers that split numbers into digits (``runner/loop_guard.py``)
+    corrupted_min_distinct: float = MIN_DISTINCT
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -71,6 +81,8 @@ class GenerationOptions:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.corrupted_no_repeat_ngram, int) or self.corrupted_no_repeat_ngram < 0:
             raise InputError(f"corrupted_no_repeat_ngram must be a non-negative integer, got {self.corrupted_no_repeat_ngram!r}")
+        if isinstance(self.corrupted_min_distinct, bool) or not isinstance(self.corrupted_min_distinct, (int, float)) or not 0.0 <= self.corrupted_min_distinct < 1.0:
+            raise InputError(f"corrupted_min_distinct must be a number in [0, 1), got {self.corrupted_min_distinct!r}")
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,7 @@ class TransformersRunner(EmbeddingRunner):
             "pad_token_id": self.pad_id,
             "eos_token_id": self.eos_ids,
         }
-        guard = loop_guard(corrupted_rows, options.corrupted_no_repeat_ngram)
+        guard = loop_guard(corrupted_rows, options)
         if guard is not None:
             from transformers import LogitsProcessorList
 
