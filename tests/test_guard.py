@@ -59,8 +59,12 @@ def test_stream_and_async_twins(demo_guard: Guard) -> None:
     stream = demo_guard.stream(UNFLAGGED, OPTS)
     assert not stream.decision.flagged
     pieces = list(stream)
-    assert len(pieces) > 1
-    assert "".join(pieces) == demo_guard.invoke(UNFLAGGED, OPTS).text
+    assert pieces and "".join(pieces) == demo_guard.invoke(UNFLAGGED, OPTS).text
+    # the output stage holds each sentence until it has passed: pieces are whole sentences
+    assert all(p.rstrip().endswith((".", "!", "?")) for p in pieces[:-1])
+    # without an output stage, the same answer streams token by token
+    plain = Guard(classifier=demo_guard.classifier, rules=demo_guard.rules, runner=demo_guard.runner)
+    assert len(list(plain.stream(UNFLAGGED, OPTS))) > 1
 
     async def main() -> None:
         r = await demo_guard.ainvoke(FLAGGED, OPTS)
