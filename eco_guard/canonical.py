@@ -282,9 +282,11 @@ class Canonicalizer:
         stem = re.sub(r"['’]s$", "", found)  # a possessive is corrected as its word
         lower = stem.lower()
         limit = max_typos(len(lower))
-        if lower in self._spelling:  # a name's word, written as the name writes it
+        if not limit or _is_known(lower):
+            return found  # spelt right (in lower case, "lesbian" is a word, not the name "Lesbian")
+        if lower in self._spelling:  # a name's own word in another case or hyphenation ("YunHwa")
             return self._spelling[lower] + found[len(stem) :]
-        if not limit or lower in self._vocabulary or _is_known(lower):
+        if lower in self._vocabulary:
             return found
         best = extractOne(lower, self._vocabulary, scorer=OSA.distance, score_cutoff=limit)
         if best is None:
