@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from eco_guard.classifier.calibration import Calibration
+from eco_guard.classifier.calibration_groups import fit_groups
 from eco_guard.classifier.features.embedded import Embedded
 from eco_guard.classifier.features.encoder import Encoder
 from eco_guard.classifier.features.lexical import Lexicon
@@ -181,9 +182,11 @@ def fit_heads(
     # Only a fit without a calibration set uses other targets' examples as negatives.
     overlapping = frozenset() if split.calibration_set else overlapping_targets(targets, table.views["sentence"], table.row_of)
     policy_targets = targets
+    groups = fit_groups(targets, split.calibration_set, lambda ts: table.views["sentence"][[table.row_of[s] for s in ts]], target_fpr, seed)
     targets, swapped_note = with_swapped_retain(targets, swaps)
     choice, view_note = select_features(
-        policy_targets, table.views, table.row_of, table.texts, split, target_fpr, overlapping, swaps, seed=seed, progress=progress
+        policy_targets, table.views, table.row_of, table.texts, split, target_fpr, overlapping, swaps, seed=seed, progress=progress,
+        groups=groups,
     )
     core = fit_core(
         targets,
@@ -196,6 +199,7 @@ def fit_heads(
         overlapping=overlapping,
         progress=progress,
         retain_name=retain_source_name(any(t.retain for t in policy_targets), any(sw.copies for sw in swaps)),
+        groups=groups,
     )
     calibrated = replace(core.calibration, note=core.calibration.note + swapped_note + (f". Caution: {NO_NEAR_NEGATIVES}" if bare else ""))
     return FittedHeads(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from eco_guard.classifier.calibration_groups import Groups
 from eco_guard.classifier.fit.core import fit_core
 from eco_guard.classifier.fit.held_out import NegativeSplit
 from eco_guard.classifier.heads import FeatureView, TargetData, unique_texts
@@ -58,6 +59,7 @@ def select_features(
     *,
     seed: int = 0,
     progress: bool = False,
+    groups: Groups | None = None,
 ) -> tuple[Candidate, str]:
     """Pick the feature view and lexical weight with the best recall on the policy's own held-out forget examples.
 
@@ -79,7 +81,8 @@ def select_features(
     two head fits per candidate; the encoder runs once. ``swaps``: the name-swapped copies
     the real fit gives as retain examples, each fold only those of the examples it keeps.
     A policy of more than :data:`SELECTION_TARGETS` targets is judged on that many, drawn
-    with ``seed``.
+    with ``seed``. ``groups``: the calibration groups of the real fit, so each candidate's
+    threshold holds its rate per neighbourhood as the real one does.
     """
     plain = Candidate("sentence", LEXICAL_WEIGHTS[0])
     if not any(len(unique_texts(t.forget)) >= 2 for t in targets):
@@ -103,7 +106,8 @@ def select_features(
                 hits = total = 0
                 for kept, held in folds:
                     core = fit_core(
-                        kept, views[view], row_of, texts, split, target_fpr, weight, overlapping=overlapping, estimate=False
+                        kept, views[view], row_of, texts, split, target_fpr, weight, overlapping=overlapping, estimate=False,
+                        groups=groups,
                     )
                     rows = [row_of[s] for s in held]
                     hits += int(np.sum(core.scores[rows].max(axis=1) > core.calibration.threshold))

@@ -1,0 +1,188 @@
+"""Neighbourhoods of the held-out negatives, each calibrating the threshold on its own (Mondrian conformal).
+
+Split conformal certifies ``target_fpr`` on traffic like the pooled held-out negatives.
+A topic's neighbouring subject is a small share of that pool, so it can be flagged twenty
+times as often while the pool stays at 1% (the issue-27 measurements: MMLU chemistry at
+0.198 under a hazardous-chemistry policy). Cutting the negatives into groups and giving
+each group its own conformal threshold (the largest wins, as for the sources already,
+see :func:`~eco_guard.classifier.calibration.joint_threshold`) bounds the rate for traffic
+like *each* group: group-conditional, or Mondrian, conformal prediction.
+
+The groups are the policy's own (a ``group_field`` on the retain examples, see
+docs/policy.md) or, when it gives none, clusters the fit finds among the negatives that
+calibrate (k-means on sentence embeddings). A group must be large enough that each half of
+it can certify ``target_fpr`` alone (the 2-fold estimate the report gives per group,
+:func:`~eco_guard.classifier.calibration.joint_threshold`, calibrates on halves), so
+smaller groups are merged with their nearest group (centroid cosine) until each is; a
+policy with too few negatives for two such groups is calibrated as before, pooled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+from eco_guard.classifier.heads import TargetData, unique_texts
+from eco_guard.classifier.features.lexical import analyzer
+
+UNGROUPED = "ungrouped"
+"""The group of a calibrating text the policy gave no group for (name-swapped copies, say)."""
+
+_NAME_TERMS = 3
+"""Words that name a found cluster in the report ("cluster 2: cell, protein, dna")."""
+
+_MAX_NAMES = 3
+"""Given groups merged into one are listed up to this many, then counted."""
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Which group each calibrating text belongs to; sources are cut by it in :func:`grouped_sources`."""
+
+    of: Mapping[str, str]
+    found: bool
+    """True when the fit found the groups (clusters), False when the policy gave them."""
+
+    def names(self) -> list[str]:
+        return list(dict.fromkeys(self.of.values()))
+
+
+def min_group_size(target_fpr: float) -> int:
+    """The smallest group that calibrates on its own: twice what split conformal needs to certify ``target_fpr``,
+    so that each half of it still can in the 2-fold estimate (99 negatives at 1%, so 198)."""
+    return 2 * (math.ceil(1.0 / target_fpr - 1e-9) - 1)
+
+
+def calibration_groups(
+    texts: Sequence[str], given: Mapping[str, str], sentence: np.ndarray, target_fpr: float, seed: int
+) -> Groups | None:
+    """The groups of ``texts`` (the negatives that will calibrate; ``sentence`` their unit sentence embeddings, row per text).
+
+    ``given`` maps texts to the policy's group names; when any text has one, the policy's
+    groups are used (texts without one form :data:`UNGROUPED`). Otherwise the fit clusters
+    the texts into about ``len(texts) / min_group_size`` groups. Either way groups smaller
+    than :func:`min_group_size` are merged with their nearest until none is. None when
+    fewer than two groups remain: the pool is then one group, calibrated as before.
+    """
+    texts = unique_texts(texts)
+    size = min_group_size(target_fpr)
+    if len(texts) < 2 * size:
+        return None
+    unit = sentence / np.maximum(np.linalg.norm(sentence, axis=1, keepdims=True), 1e-12)
+    found = not any(t in given for t in texts)
+    if found:
+        k = len(texts) // size
+        labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(unit)
+        names = _cluster_names(texts, labels)
+        label_of = [names[int(c)] for c in labels]
+    else:
+        label_of = [given.get(t, UNGROUPED) for t in texts]
+    members: dict[str, list[int]] = {}
+    for i, name in enumerate(label_of):
+        members.setdefault(name, []).append(i)
+    merged = _merge_small(members, unit, size)
+    if len(merged) < 2:
+        return None
+    return Groups({texts[i]: name for name, rows in merged.items() for i in rows}, found)
+
+
+def fit_groups(
+    targets: Sequence[TargetData],
+    calibration_set: Sequence[str],
+    sentence: Callable[[list[str]], np.ndarray],
+    target_fpr: float,
+    seed: int,
+) -> Groups | None:
+    """The groups of one fit's calibrating negatives: the policy's calibration set when it gives one (groups found), else
+    its retain examples (the policy's groups, see ``TargetData.retain_groups``, or groups found). ``sentence`` embeds texts."""
+    if calibration_set:
+        texts, given = unique_texts(calibration_set), {}
+    else:
+        forget = {s for t in targets for s in t.forget}
+        texts = [s for s in unique_texts(s for t in targets for s in t.retain) if s not in forget]
+        given = {}
+        for t in targets:
+            for text, group in zip(t.retain, t.retain_groups):
+                if group:
+                    given.setdefault(text, group)
+    if len(texts) < 2 * min_group_size(target_fpr):
+        return None
+    return calibration_groups(texts, given, sentence(texts), target_fpr, seed)
+
+
+def _merge_small(members: dict[str, list[int]], unit: np.ndarray, size: int) -> dict[str, list[int]]:
+    """Merge the smallest group into the one with the nearest centroid until every group has ``size`` members (or one is left)."""
+    groups = {name: list(rows) for name, rows in members.items()}
+    parts = {name: [name] for name in groups}
+    while len(groups) > 1:
+        smallest = min(groups, key=lambda n: (len(groups[n]), n))
+        if len(groups[smallest]) >= size:
+            break
+        centroids = {n: unit[rows].mean(axis=0) for n, rows in groups.items()}
+        here = centroids.pop(smallest)
+        nearest = max(centroids, key=lambda n: float(here @ centroids[n]) / max(float(np.linalg.norm(centroids[n])), 1e-12))
+        groups[nearest] += groups.pop(smallest)
+        parts[nearest] += parts.pop(smallest)
+    return {_joined(parts[name]): rows for name, rows in groups.items()}
+
+
+def _joined(names: list[str]) -> str:
+    shown = sorted(names)
+    if len(shown) <= _MAX_NAMES:
+        return " + ".join(shown)
+    return " + ".join(shown[:_MAX_NAMES]) + f" + {len(shown) - _MAX_NAMES} more"
+
+
+def _cluster_names(texts: Sequence[str], labels: np.ndarray) -> dict[int, str]:
+    """A readable name per cluster: its words most over-represented against all texts (so the report and a warning can say
+    which neighbourhood is flagged, not just its number)."""
+    words = analyzer()
+    docs = [{w for w in words(t) if " " not in w and w.isalpha() and len(w) > 2 and w not in ENGLISH_STOP_WORDS} for t in texts]
+    overall = Counter(w for d in docs for w in d)
+    names: dict[int, str] = {}
+    for c in sorted(set(labels.tolist())):
+        rows = [d for d, lab in zip(docs, labels) if lab == c]
+        counts = Counter(w for d in rows for w in d)
+        # Share within the cluster times how specific the word is to it; ties by the word.
+        ranked = sorted(counts, key=lambda w: (-(counts[w] / len(rows)) * (counts[w] / overall[w]), w))
+        names[c] = f"cluster {c + 1}: " + ", ".join(ranked[:_NAME_TERMS])
+    return names
+
+
+def grouped_sources(source: str, texts: Sequence[str], scores: np.ndarray, groups: Groups) -> dict[str, np.ndarray]:
+    """One calibration source per group of ``texts`` (``scores`` their max scores, in order), named ``"<source>: <group>"``."""
+    rows: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        rows.setdefault(groups.of.get(text, UNGROUPED), []).append(i)
+    return {f"{source}: {name}": scores[idx] for name, idx in rows.items()}
+
+
+def grouped_halves(retain: Sequence[str], group_of: Mapping[str, str] | None) -> tuple[list[str], list[str]]:
+    """The two halves a head's retain list is cross-fitted in: contiguous halves of the list, or, with groups, of each group.
+
+    Contiguous, because files list an entity's rows together (see
+    :func:`~eco_guard.classifier.negatives.neighbours.cross_fitted_retain_scores`). Per
+    group, because a head trained with none of a group would score all of it as unseen
+    territory, when the final head is trained on half of each: a retain list sorted by
+    subject put whole neighbouring subjects in one half.
+    """
+    retain = list(retain)
+    if not group_of:
+        half = len(retain) - len(retain) // 2
+        return retain[:half], retain[half:]
+    by_group: dict[str, list[str]] = {}
+    for text in retain:
+        by_group.setdefault(group_of.get(text, UNGROUPED), []).append(text)
+    first: list[str] = []
+    second: list[str] = []
+    for rows in by_group.values():
+        half = len(rows) - len(rows) // 2
+        first += rows[:half]
+        second += rows[half:]
+    return first, second
