@@ -35,7 +35,7 @@ UNGROUPED = "ungrouped"
 """The group of a calibrating text the policy gave no group for (name-swapped copies, say)."""
 
 _NAME_TERMS = 3
-"""Words that name a found cluster in the report ("cluster 2: cell, protein, dna")."""
+"""Words that name a found cluster in the report ("cluster 2 (cell, protein, dna)")."""
 
 _MAX_NAMES = 3
 """Given groups merged into one are listed up to this many, then counted."""
@@ -78,9 +78,7 @@ def calibration_groups(
     found = not any(t in given for t in texts)
     if found:
         k = len(texts) // size
-        labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(unit)
-        names = _cluster_names(texts, labels)
-        label_of = [names[int(c)] for c in labels]
+        label_of = [str(c) for c in KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(unit)]
     else:
         label_of = [given.get(t, UNGROUPED) for t in texts]
     members: dict[str, list[int]] = {}
@@ -89,6 +87,8 @@ def calibration_groups(
     merged = _merge_small(members, unit, size)
     if len(merged) < 2:
         return None
+    if found:  # named after merging, by what the merged cluster is about
+        merged = {_cluster_name(k, [texts[i] for i in rows], texts): rows for k, rows in enumerate(merged.values(), start=1)}
     return Groups({texts[i]: name for name, rows in merged.items() for i in rows}, found)
 
 
@@ -139,20 +139,19 @@ def _joined(names: list[str]) -> str:
     return " + ".join(shown[:_MAX_NAMES]) + f" + {len(shown) - _MAX_NAMES} more"
 
 
-def _cluster_names(texts: Sequence[str], labels: np.ndarray) -> dict[int, str]:
-    """A readable name per cluster: its words most over-represented against all texts (so the report and a warning can say
-    which neighbourhood is flagged, not just its number)."""
+def _cluster_name(number: int, members: Sequence[str], texts: Sequence[str]) -> str:
+    """A readable name for a found cluster: its number and the words most over-represented in it against all ``texts``,
+    so the report and a warning can say which neighbourhood is flagged."""
     words = analyzer()
-    docs = [{w for w in words(t) if " " not in w and w.isalpha() and len(w) > 2 and w not in ENGLISH_STOP_WORDS} for t in texts]
-    overall = Counter(w for d in docs for w in d)
-    names: dict[int, str] = {}
-    for c in sorted(set(labels.tolist())):
-        rows = [d for d, lab in zip(docs, labels) if lab == c]
-        counts = Counter(w for d in rows for w in d)
-        # Share within the cluster times how specific the word is to it; ties by the word.
-        ranked = sorted(counts, key=lambda w: (-(counts[w] / len(rows)) * (counts[w] / overall[w]), w))
-        names[c] = f"cluster {c + 1}: " + ", ".join(ranked[:_NAME_TERMS])
-    return names
+
+    def content(text: str) -> set[str]:
+        return {w for w in words(text) if w.isalpha() and len(w) > 2 and w not in ENGLISH_STOP_WORDS}
+
+    overall = Counter(w for t in texts for w in content(t))
+    counts = Counter(w for t in members for w in content(t))
+    # Share within the cluster times the share of the word's uses that fall in it; ties by the word.
+    ranked = sorted(counts, key=lambda w: (-(counts[w] / len(members)) * (counts[w] / overall[w]), w))
+    return f"cluster {number} ({', '.join(ranked[:_NAME_TERMS])})"
 
 
 def grouped_sources(source: str, texts: Sequence[str], scores: np.ndarray, groups: Groups) -> dict[str, np.ndarray]:

@@ -1,0 +1,85 @@
+"""Calibration groups: the policy's or found, merged until each can certify, and the per-group halves cross-fitting uses."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from eco_guard.classifier.calibration import joint_threshold
+from eco_guard.classifier.calibration_groups import (
+    UNGROUPED,
+    calibration_groups,
+    fit_groups,
+    grouped_halves,
+    grouped_sources,
+    min_group_size,
+)
+from eco_guard.classifier.heads import TargetData
+
+
+def _blobs(sizes: list[int], seed: int = 0) -> np.ndarray:
+    """Unit vectors in well-separated clusters of the given sizes."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(16)[: len(sizes)] * 5
+    rows = [centres[k] + rng.normal(size=(n, 16)) * 0.3 for k, n in enumerate(sizes)]
+    return np.concatenate(rows)
+
+
+def test_min_group_size_lets_each_half_certify() -> None:
+    assert min_group_size(0.01) == 198
+    assert min_group_size(0.1) == 18
+
+
+def test_policy_groups_small_ones_merge_with_their_nearest() -> None:
+    emb = _blobs([30, 30, 40])  # three groups, the first two are given as separate subjects of one cluster
+    emb[30:60] = emb[:30] + 0.01  # "genetics" sits right next to "biology"
+    texts = [f"t{i}" for i in range(100)]
+    given = {t: ("biology" if i < 30 else "genetics" if i < 60 else "history") for i, t in enumerate(texts)}
+    groups = calibration_groups(texts, given, emb, 0.05, seed=0)  # groups need 38 members
+    assert groups is not None and not groups.found
+    assert sorted(groups.names()) == ["biology + genetics", "history"]
+
+
+def test_found_groups_follow_the_clusters_and_are_named() -> None:
+    emb = _blobs([60, 60])
+    texts = [f"cell protein {i}" for i in range(60)] + [f"war treaty {i}" for i in range(60)]
+    groups = calibration_groups(texts, {}, emb, 0.1, seed=0)
+    assert groups is not None and groups.found
+    first, second = {groups.of[t] for t in texts[:60]}, {groups.of[t] for t in texts[60:]}
+    assert not first & second  # no group mixes the two topics
+    assert all("cell" in name for name in first) and all("war" in name for name in second)
+
+
+def test_too_few_negatives_give_no_groups() -> None:
+    assert calibration_groups([f"t{i}" for i in range(30)], {}, _blobs([30]), 0.1, seed=0) is None
+    targets = [TargetData("a", ["x"], [f"r{i}" for i in range(20)], tuple("g" for _ in range(20)))]
+    assert fit_groups(targets, [], lambda ts: _blobs([len(ts)]), 0.1, seed=0) is None
+
+
+def test_fit_groups_reads_the_retain_groups_and_skips_forget_texts() -> None:
+    retain = [f"r{i}" for i in range(80)] + ["x"]
+    targets = [TargetData("a", ["x"], retain, tuple("bio" if i < 40 else "law" for i in range(80)) + ("law",))]
+    groups = fit_groups(targets, [], lambda ts: _blobs([40, len(ts) - 40]), 0.1, seed=0)
+    assert groups is not None and "x" not in groups.of
+    assert groups.of["r0"] == "bio" and groups.of["r79"] == "law"
+
+
+def test_grouped_halves_split_each_group() -> None:
+    retain = ["a1", "a2", "a3", "a4", "b1", "b2"]
+    assert grouped_halves(retain, None) == (["a1", "a2", "a3"], ["a4", "b1", "b2"])
+    first, second = grouped_halves(retain, {"a1": "a", "a2": "a", "a3": "a", "a4": "a", "b1": "b"})
+    assert first == ["a1", "a2", "b1", "b2"] and second == ["a3", "a4"]  # b2 has no group: ungrouped, its own
+
+
+def test_a_flagged_group_raises_the_shared_threshold() -> None:
+    """The point of it: a neighbourhood flagged far above target on the pooled threshold gets its own."""
+    rng = np.random.default_rng(0)
+    texts = [f"t{i}" for i in range(1200)]
+    scores = rng.uniform(0, 0.5, size=1200)
+    scores[:200] = rng.uniform(0.3, 0.9, size=200)  # the neighbouring subject scores high
+    groups = calibration_groups(texts, {t: "near" if i < 200 else UNGROUPED for i, t in enumerate(texts)}, np.eye(1200, 8), 0.01, seed=0)
+    assert groups is not None
+    pooled = joint_threshold({"retain": scores}, 0.01, 1)
+    grouped = joint_threshold(grouped_sources("retain", texts, scores, groups), 0.01, 1)
+    assert np.mean(scores[:200] > pooled.threshold) > 0.05
+    assert np.mean(scores[:200] > grouped.threshold) <= 0.01
+    assert dict(grouped.estimated_fpr).keys() == {"retain: near", f"retain: {UNGROUPED}"}
