@@ -6,7 +6,9 @@ times as often while the pool stays at 1% (the issue-27 measurements: MMLU chemi
 0.198 under a hazardous-chemistry policy). Cutting the negatives into groups and giving
 each group its own conformal threshold (the largest wins, as for the sources already,
 see :func:`~eco_guard.classifier.calibration.joint_threshold`) bounds the rate for traffic
-like *each* group: group-conditional, or Mondrian, conformal prediction.
+like *each* group: group-conditional, or Mondrian, conformal prediction. Only the groups
+the pooled threshold fails (flagged above ``target_fpr`` by more than chance) get their own
+(:func:`grouped_sources`); the rest are held by the pooled one.
 
 The groups are the policy's own (a ``group_field`` on the retain examples, see
 docs/policy.md) or, when it gives none, clusters the fit finds among the negatives that
@@ -25,9 +27,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import binom
 from sklearn.cluster import KMeans
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from eco_guard.classifier.calibration import conformal_threshold
 from eco_guard.classifier.heads import TargetData, unique_texts
 from eco_guard.classifier.features.lexical import analyzer
 
@@ -154,12 +158,51 @@ def _cluster_name(number: int, members: Sequence[str], texts: Sequence[str]) -> 
     return f"cluster {number} ({', '.join(ranked[:_NAME_TERMS])})"
 
 
-def grouped_sources(source: str, texts: Sequence[str], scores: np.ndarray, groups: Groups) -> dict[str, np.ndarray]:
-    """One calibration source per group of ``texts`` (``scores`` their max scores, in order), named ``"<source>: <group>"``."""
+SPLIT_P = 0.05
+"""A group calibrates on its own when, at the threshold its whole source sets, it is flagged more often than
+``target_fpr`` explains by chance (one-sided binomial test below this p-value). Groups the pooled threshold already
+holds for stay pooled: splitting every group raised the threshold to the largest of many small-sample order
+statistics, which costs recall with nothing to show for it (see :func:`grouped_sources`)."""
+
+
+@dataclass(frozen=True)
+class GroupedSource:
+    """One source of held-out negatives cut by groups: the sources that calibrate, and a line per group for the note."""
+
+    sources: dict[str, np.ndarray]
+    note: str
+    rates: dict[str, float]
+    """Per group, the rate flagged at the whole source's own threshold (in sample): which groups it fails."""
+
+
+def grouped_sources(source: str, texts: Sequence[str], scores: np.ndarray, groups: Groups, target_fpr: float) -> GroupedSource:
+    """The whole source, plus each group the whole source's threshold fails (see :data:`SPLIT_P`) as a source of its own.
+
+    ``scores`` are ``texts``' max scores, in order. With the largest threshold winning (see
+    :func:`~eco_guard.classifier.calibration.joint_threshold`), a split-out group's own
+    split-conformal threshold bounds its rate at ``target_fpr``; the others are covered by
+    the whole source's. The note lists every group with its size and its rate at the
+    whole source's threshold.
+    """
     rows: dict[str, list[int]] = {}
     for i, text in enumerate(texts):
         rows.setdefault(groups.of.get(text, UNGROUPED), []).append(i)
-    return {f"{source}: {name}": scores[idx] for name, idx in rows.items()}
+    pooled = conformal_threshold(scores, target_fpr).threshold
+    out = {source: scores}
+    rates: dict[str, float] = {}
+    parts = []
+    for name, idx in rows.items():
+        flagged = int(np.sum(scores[idx] > pooled))
+        rates[name] = flagged / len(idx)
+        split = flagged > 0 and float(binom.sf(flagged - 1, len(idx), target_fpr)) < SPLIT_P
+        if split:
+            out[f"{source}: {name}"] = scores[idx]
+        parts.append(f"{name} n={len(idx)} {rates[name]:.3f}" + (" (calibrates on its own)" if split else ""))
+    kind = "found by the fit (clusters)" if groups.found else "given by the policy"
+    note = (
+        f"{source} in {len(rows)} groups {kind}; each group's rate at the whole source's threshold: {'; '.join(parts)}"
+    )
+    return GroupedSource(out, note, rates)
 
 
 def grouped_halves(retain: Sequence[str], group_of: Mapping[str, str] | None) -> tuple[list[str], list[str]]:

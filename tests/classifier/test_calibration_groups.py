@@ -70,16 +70,21 @@ def test_grouped_halves_split_each_group() -> None:
     assert first == ["a1", "a2", "b1", "b2"] and second == ["a3", "a4"]  # b2 has no group: ungrouped, its own
 
 
-def test_a_flagged_group_raises_the_shared_threshold() -> None:
-    """The point of it: a neighbourhood flagged far above target on the pooled threshold gets its own."""
+def test_only_the_groups_the_pooled_threshold_fails_calibrate_on_their_own() -> None:
+    """The point of it: a neighbourhood flagged far above target at the pooled threshold gets its own threshold."""
     rng = np.random.default_rng(0)
-    texts = [f"t{i}" for i in range(1200)]
-    scores = rng.uniform(0, 0.5, size=1200)
+    texts = [f"t{i}" for i in range(1400)]
+    scores = rng.uniform(0, 0.5, size=1400)
     scores[:200] = rng.uniform(0.3, 0.9, size=200)  # the neighbouring subject scores high
-    groups = calibration_groups(texts, {t: "near" if i < 200 else UNGROUPED for i, t in enumerate(texts)}, np.eye(1200, 8), 0.01, seed=0)
+    given = {t: "near" if i < 200 else "far" if i < 400 else UNGROUPED for i, t in enumerate(texts)}
+    groups = calibration_groups(texts, given, np.eye(1400, 8), 0.01, seed=0)
     assert groups is not None
     pooled = joint_threshold({"retain": scores}, 0.01, 1)
-    grouped = joint_threshold(grouped_sources("retain", texts, scores, groups), 0.01, 1)
+    cut = grouped_sources("retain", texts, scores, groups, 0.01)
+    assert set(cut.sources) == {"retain", "retain: near"}  # "far" is held by the pooled threshold
+    assert cut.rates["near"] > 0.05 and cut.rates["far"] <= 0.01
+    assert "near n=200" in cut.note and "(calibrates on its own)" in cut.note
+    grouped = joint_threshold(cut.sources, 0.01, 1)
     assert np.mean(scores[:200] > pooled.threshold) > 0.05
     assert np.mean(scores[:200] > grouped.threshold) <= 0.01
-    assert dict(grouped.estimated_fpr).keys() == {"retain: near", f"retain: {UNGROUPED}"}
+    assert "retain: near" in dict(grouped.estimated_fpr)

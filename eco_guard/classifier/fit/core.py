@@ -83,8 +83,11 @@ def fit_core(
     # padded encoder batch (~1e-8).
     all_scores = head_scores(feats, lex, weights, bias)
     max_scores = {name: held_out_max_scores(all_scores, row_of, v, split.pieces) for name, v in sources.items() if v}
+    group_notes: list[str] = []
     if groups is not None and "calibration" in max_scores:
-        max_scores.update(grouped_sources("calibration", sources["calibration"], max_scores.pop("calibration"), groups))
+        cut = grouped_sources("calibration", sources["calibration"], max_scores.pop("calibration"), groups, target_fpr)
+        max_scores.update(cut.sources)
+        group_notes.append(cut.note)
     if not split.calibration_set:
         # Without a traffic sample, the policy's own examples are the nearest neighbours we
         # know: retain texts, and for each head the other targets' forget texts. Both were
@@ -95,8 +98,10 @@ def fit_core(
             scored, retain_scores = cross_fitted_retain_scores(
                 plans, retain_cal, all_scores[rows], train_feats, row_of, feats[rows], lex[rows], groups.of if groups else None
             )
-            if groups is not None:  # each neighbourhood its own source; other targets' examples apart
-                max_scores = {**grouped_sources(retain_name, scored, retain_scores, groups), **max_scores}
+            if groups is not None:  # neighbourhoods the pooled threshold fails get their own; other targets' examples apart
+                cut = grouped_sources(retain_name, scored, retain_scores, groups, target_fpr)
+                max_scores = {**cut.sources, **max_scores}
+                group_notes.append(cut.note)
             else:
                 near.append(retain_scores)
         others = np.zeros(0)
@@ -110,6 +115,8 @@ def fit_core(
     if not max_scores:
         raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
     calibration = joint_threshold(max_scores, target_fpr, len(targets), estimate=estimate)
+    if group_notes:
+        calibration = replace(calibration, note=f"{calibration.note}. Calibration groups: {'. '.join(group_notes)}")
     if overlapping:
         pairs = ", ".join(sorted(f"{targets[a].id!r} and {targets[b].id!r}" for a, b in overlapping if a < b))
         calibration = replace(
