@@ -44,7 +44,17 @@ class Candidate:
 
     @property
     def name(self) -> str:
+        if not self.lexical_weight:
+            return f"{self.view}, no lexical block"
         return f"{self.view} + lexical x{self.lexical_weight:g}"
+
+
+NO_LEXICAL = Candidate("sentence", 0.0)
+"""The plain embedding's features, tried last (so it must beat every other candidate strictly): a topic's forget
+words are its field's words too ("reaction", "pathogen", "exploit"), and a lexical block that fires on them flags the
+neighbouring subject, which the per-group calibration (:mod:`eco_guard.classifier.calibration_groups`) then pays for
+in recall. These are the features of the embedding + logistic-regression baseline, so the choice can always fall
+back to them."""
 
 
 def select_features(
@@ -96,24 +106,21 @@ def select_features(
         targets = [targets[i] for i in drawn]
     folds = forget_folds(targets, swaps)
     recall: dict[Candidate, float] = {}
-    bar = tqdm(
-        total=len(LEXICAL_WEIGHTS) * len(views) * len(folds), desc="choosing features", unit="fit",
-        disable=not progress, file=sys.stderr,
-    )
+    candidates = [Candidate(view, weight) for weight in LEXICAL_WEIGHTS for view in views] + [NO_LEXICAL]
+    bar = tqdm(total=len(candidates) * len(folds), desc="choosing features", unit="fit", disable=not progress, file=sys.stderr)
     with bar:
-        for weight in LEXICAL_WEIGHTS:
-            for view in views:
-                hits = total = 0
-                for kept, held in folds:
-                    core = fit_core(
-                        kept, views[view], row_of, texts, split, target_fpr, weight, overlapping=overlapping, estimate=False,
-                        groups=groups,
-                    )
-                    rows = [row_of[s] for s in held]
-                    hits += int(np.sum(core.scores[rows].max(axis=1) > core.calibration.threshold))
-                    total += len(rows)
-                    bar.update()
-                recall[Candidate(view, weight)] = hits / total
+        for candidate in candidates:
+            hits = total = 0
+            for kept, held in folds:
+                core = fit_core(
+                    kept, views[candidate.view], row_of, texts, split, target_fpr, candidate.lexical_weight,
+                    overlapping=overlapping, estimate=False, groups=groups,
+                )
+                rows = [row_of[s] for s in held]
+                hits += int(np.sum(core.scores[rows].max(axis=1) > core.calibration.threshold))
+                total += len(rows)
+                bar.update()
+            recall[candidate] = hits / total
     chosen = max(recall, key=lambda c: recall[c])  # the first of equals: the simplest
     shown = ", ".join(f"{c.name} {r:.3f}" for c, r in recall.items())
     return chosen, (

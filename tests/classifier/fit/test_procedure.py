@@ -122,7 +122,7 @@ def test_fit_report(fitted: tuple[Classifier, list[TargetFit]]) -> None:
     # lexical weight, and says so with every candidate's recall.
     assert clf.view == "sentence" and clf.lexicon.weight == 1.0
     assert fits[0].view_note.startswith("sentence + lexical x1 features")
-    for candidate in ("layers + lexical x1 0.", "sentence + lexical x2 0.", "layers + lexical x2 0."):
+    for candidate in ("layers + lexical x1 0.", "sentence + lexical x2 0.", "layers + lexical x2 0.", "sentence, no lexical block 0."):
         assert candidate in fits[0].view_note
 
 
