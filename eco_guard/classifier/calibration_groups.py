@@ -32,7 +32,9 @@ from sklearn.cluster import KMeans
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from eco_guard.classifier.calibration import conformal_threshold
+from eco_guard.classifier.features.embedded import Embedded
 from eco_guard.classifier.heads import TargetData, unique_texts
+from eco_guard.classifier.negatives.background import knowledge_questions
 from eco_guard.classifier.features.lexical import analyzer
 
 UNGROUPED = "ungrouped"
@@ -228,3 +230,70 @@ def grouped_halves(retain: Sequence[str], group_of: Mapping[str, str] | None) ->
         first += rows[:half]
         second += rows[half:]
     return first, second
+
+
+PROBE = "built-in knowledge questions"
+"""How the probe's groups are named in the estimates (see :func:`probe_neighbourhoods`)."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The fitted heads' flag rate on each cluster of the built-in knowledge questions, and which exceed ``target_fpr``."""
+
+    rates: dict[str, tuple[int, float]]
+    """Cluster name -> (questions, rate flagged at the fit's threshold)."""
+    over: dict[str, float]
+    """The clusters flagged above ``target_fpr`` by more than chance (:data:`SPLIT_P`): named in the fit's estimates,
+    so ``fit`` warns about them."""
+
+    def note(self, threshold: float) -> str:
+        shown = "; ".join(f"{name} n={n} {rate:.3f}" for name, (n, rate) in self.rates.items())
+        return (
+            f"Neighbourhood probe: the {PROBE} no head trained on, in clusters of related subjects, flagged at threshold "
+            f"{threshold:.4f}: {shown}"
+        )
+
+
+def probe_neighbourhoods(
+    embedded: Embedded,
+    trained: set[str],
+    score: Callable[[list[str]], np.ndarray],
+    threshold: float,
+    target_fpr: float,
+    seed: int,
+) -> Probe:
+    """How often the fitted heads flag each neighbourhood of ``texts`` (the built-in exam-style questions over 76 subjects
+    that no head trained on): the check a policy without its field's subjects among its negatives cannot make itself.
+
+    A topic head calibrated without its neighbouring subjects holds ``target_fpr`` on what it
+    was calibrated on and can flag its field at many times that (WMDP-bio from 20 questions:
+    MMLU's related subjects at 27%). These questions are clustered (sentence embeddings,
+    clusters of about half :func:`min_group_size`, since they only estimate), each cluster is
+    named by its words, and its rate at the final threshold is reported; a cluster above
+    ``target_fpr`` by more than chance becomes one of the fit's estimates, so ``fit`` warns,
+    naming it. ``score`` gives the max score over targets of texts (embedded already);
+    ``trained``: the texts some head trained on, left out.
+    """
+    corpus = knowledge_questions()
+    embedded.add_corpus(corpus, cached=True)
+    texts = [s for s in unique_texts(corpus) if s not in trained]
+    size = max(min_group_size(target_fpr) // 2, 2)
+    if len(texts) < 2 * size:
+        return Probe({}, {})
+    sentence = embedded.matrix(texts)[:, -embedded.encoder.dim :]
+    unit = sentence / np.maximum(np.linalg.norm(sentence, axis=1, keepdims=True), 1e-12)
+    labels = KMeans(n_clusters=len(texts) // size, n_init=4, random_state=seed).fit_predict(unit)
+    members: dict[str, list[int]] = {}
+    for i, c in enumerate(labels.tolist()):
+        members.setdefault(str(c), []).append(i)
+    merged = _merge_small(members, unit, size)
+    scores = score(texts)
+    rates: dict[str, tuple[int, float]] = {}
+    over: dict[str, float] = {}
+    for k, rows in enumerate(merged.values(), start=1):
+        name = f"{PROBE}, {_cluster_name(k, [texts[i] for i in rows], texts)}"
+        flagged = int(np.sum(scores[rows] > threshold))
+        rates[name] = (len(rows), flagged / len(rows))
+        if flagged and float(binom.sf(flagged - 1, len(rows), target_fpr)) < SPLIT_P:
+            over[name] = flagged / len(rows)
+    return Probe(rates, over)

@@ -65,6 +65,9 @@ def test_a_topic_target_without_retain_examples_keys_on_the_topic(encoder: Encod
     assert flagged_others <= 2
     # Each stand-in corpus calibrates as its own source, so a high rate on one cannot hide in the mix.
     assert all(f"{name}: n=" in note for name in ("held-out background", "held-out people questions", "held-out knowledge questions"))
+    # The neighbourhood probe reports each cluster of the knowledge questions no head trained on, named by its words.
+    probe = re.findall(r"built-in knowledge questions, cluster \d+ \(([a-z, ]+)\) n=(\d+) ([0-9.]+)", note)
+    assert len(probe) >= 2 and all(int(n) >= 99 for _, n, _ in probe)
 
 
 @pytest.mark.fits
