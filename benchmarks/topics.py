@@ -194,8 +194,8 @@ def markdown(rows: list[dict[str, Any]], load: str) -> str:
         f"Target FPR {TARGET_FPR}; goal with neighbour retain given: every neighbouring subject <= {NEIGHBOUR_GOAL} at recall >= "
         f"{RECALL_GOAL}. Non-test rows only. Load when run: {load}.",
         "",
-        "| topic | variant | recall | worst neighbour FPR | other MMLU | TOFU | goal met | fit s | fit warned |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| topic | variant | recall | worst neighbour FPR | other MMLU | TOFU | goal met | fit s | fit warned | oracle recall at neighbour FPR 0.01 / 0.05 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         warned = "yes" if r.get("warnings") else "no"
@@ -203,9 +203,19 @@ def markdown(rows: list[dict[str, Any]], load: str) -> str:
         fit_s = f"{r['fit_seconds']:.0f}" if "fit_seconds" in r else ""
         lines.append(
             f"| {r['topic']} | {r['variant']} | {r['recall']:.3f} | {r['worst_neighbour_fpr']:.3f} | {r['other_mmlu_fpr']:.3f} | "
-            f"{r['tofu_fpr']:.3f} | {met} | {fit_s} | {warned if r['variant'] != 'baseline' else ''} |"
+            f"{r['tofu_fpr']:.3f} | {met} | {fit_s} | {warned if r['variant'] != 'baseline' else ''} | "
+            + " / ".join(f"{v:.3f}" for v in r.get("oracle", {}).values())
+            + " |"
         )
-    lines += ["", "FPR per neighbouring subject (calibration quarter of each):", ""]
+    lines += [
+        "",
+        "Oracle recall: at the threshold that flags 1% / 5% of the neighbouring subjects' rows pooled, read off the test "
+        "scores: what the scores could do with a perfect threshold, a diagnosis of the features apart from calibration "
+        "(never used to choose anything).",
+        "",
+        "FPR per neighbouring subject (calibration quarter of each):",
+        "",
+    ]
     for r in rows:
         cells = ", ".join(f"{s} {v:.3f}" for s, v in r["neighbour_fpr"].items())
         lines.append(f"- {r['topic']} {r['variant']}: {cells}")
@@ -225,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--topics", default="bio,cyber,virology,astronomy")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--runs", help="topic:variant pairs to run instead of every topic x variant (e.g. bio:grouped,cyber:found)")
+    ap.add_argument("--merge", action="store_true", help="keep the rows of an earlier run in the output that this run does not redo")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--name", default="topics", help="output file stem")
     ap.add_argument("--memo", type=Path, help="keep the encoder's features in this pickle between runs (development only)")
@@ -232,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not DATA.is_dir():
         print(f"topic benchmark skipped: evaluation data not found at {DATA}", file=sys.stderr)
         return 0
+    args.out.mkdir(parents=True, exist_ok=True)
     memo: dict[tuple[str, str], np.ndarray] = pickle.loads(args.memo.read_bytes()) if args.memo and args.memo.exists() else {}
     memoise_encoder_features(memo)
     encoder = None if args.no_baseline else Encoder(resolve_encoder_path("default"))
@@ -239,27 +252,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     load = f"{os.getloadavg()[0]:.1f}"
     start = time.perf_counter()
-    for key in args.topics.split(","):
+    pairs = [tuple(r.split(":")) for r in args.runs.split(",")] if args.runs else [
+        (key, variant) for key in args.topics.split(",") for variant in args.variants.split(",")
+    ]
+    for key, variant in pairs:
         topic = all_topics[key]
-        for variant in args.variants.split(","):
-            print(f"{topic.name} {variant}: fitting ...", file=sys.stderr)
-            summary, results = run_protocol(protocol(topic, variant))
-            scores = {k: r.scores for k, r in results.items()}
-            summary["oracle"] = {f"recall at neighbour FPR {r}": recall_at_neighbour_fpr(scores, r) for r in (0.01, 0.05)}
-            if args.memo:
-                args.memo.write_bytes(pickle.dumps(memo))
-            rows.append({"topic": topic.name, "variant": variant, **summarise(summary, topic)})
-            print("  " + json.dumps({k: rows[-1][k] for k in ("recall", "worst_neighbour_fpr", "other_mmlu_fpr", "met", "oracle")}), file=sys.stderr)
-            print("  " + json.dumps(rows[-1]["estimated_fpr"]) + " " + summary["calibration_note"][-600:], file=sys.stderr)
-        if encoder is not None:
-            run = baseline(topic, encoder)
-            oracle = {f"recall at neighbour FPR {r}": recall_at_neighbour_fpr(run["scores"], r) for r in (0.01, 0.05)}
-            row = summarise({"sets": run["sets"], "threshold": run["threshold"], "fit_seconds": 0.0, "oracle": oracle}, topic)
-            rows.append({"topic": topic.name, "variant": "baseline", **row})
-            print("  baseline " + json.dumps({k: rows[-1][k] for k in ("recall", "worst_neighbour_fpr", "other_mmlu_fpr")}), file=sys.stderr)
+        print(f"{topic.name} {variant}: fitting ...", file=sys.stderr)
+        summary, results = run_protocol(protocol(topic, variant))
+        if args.memo:
+            args.memo.write_bytes(pickle.dumps(memo))
+        scores = {k: r.scores for k, r in results.items()}
+        summary["oracle"] = {f"recall at neighbour FPR {r}": recall_at_neighbour_fpr(scores, r) for r in (0.01, 0.05)}
+        rows.append({"topic": topic.name, "variant": variant, **summarise(summary, topic)})
+        print("  " + json.dumps({k: rows[-1][k] for k in ("recall", "worst_neighbour_fpr", "other_mmlu_fpr", "met", "oracle")}), file=sys.stderr)
+        print("  " + json.dumps(rows[-1]["estimated_fpr"]) + " " + summary["calibration_note"][-600:], file=sys.stderr)
+    for key in dict.fromkeys(k for k, _ in pairs):
+        if encoder is None:
+            break
+        topic = all_topics[key]
+        run = baseline(topic, encoder)
+        oracle = {f"recall at neighbour FPR {r}": recall_at_neighbour_fpr(run["scores"], r) for r in (0.01, 0.05)}
+        row = summarise({"sets": run["sets"], "threshold": run["threshold"], "fit_seconds": 0.0, "oracle": oracle}, topic)
+        rows.append({"topic": topic.name, "variant": "baseline", **row})
+        print("  baseline " + json.dumps({k: rows[-1][k] for k in ("recall", "worst_neighbour_fpr", "other_mmlu_fpr")}), file=sys.stderr)
+    out_json = args.out / f"{args.name}.json"
+    if args.merge and out_json.exists():
+        done = {(r["topic"], r["variant"]) for r in rows}
+        earlier = json.loads(out_json.read_text(encoding="utf-8"))
+        rows = [r for r in earlier["rows"] if (r["topic"], r["variant"]) not in done] + rows
+        load = f"{earlier['load']}; this run {load}"
     load += f" -> {os.getloadavg()[0]:.1f} (1-min load average at start and end; {time.perf_counter() - start:.0f} s)"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps({"target_fpr": TARGET_FPR, "load": load, "rows": rows}, indent=2) + "\n", encoding="utf-8")
+    out_json.write_text(json.dumps({"target_fpr": TARGET_FPR, "load": load, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     (args.out / f"{args.name}.md").write_text(markdown(rows, load), encoding="utf-8")
     print(markdown(rows, load))
     return 0
