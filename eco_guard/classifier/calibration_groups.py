@@ -161,50 +161,63 @@ def _cluster_name(number: int, members: Sequence[str], texts: Sequence[str]) -> 
 
 
 SPLIT_P = 0.05
-"""A group calibrates on its own when, at the threshold its whole source sets, it is flagged more often than
+"""A group of the policy's calibrates on its own when, at the threshold its whole source sets, it is flagged more often than
 ``target_fpr`` explains by chance (one-sided binomial test below this p-value). Groups the pooled threshold already
 holds for stay pooled: splitting every group raised the threshold to the largest of many small-sample order
 statistics, which costs recall with nothing to show for it (see :func:`grouped_sources`)."""
 
 
-@dataclass(frozen=True)
-class GroupedSource:
-    """One source of held-out negatives cut by groups: the sources that calibrate, and a line per group for the note."""
-
-    sources: dict[str, np.ndarray]
-    note: str
-    rates: dict[str, float]
-    """Per group, the rate flagged at the whole source's own threshold (in sample): which groups it fails."""
-
-
-def grouped_sources(source: str, texts: Sequence[str], scores: np.ndarray, groups: Groups, target_fpr: float) -> GroupedSource:
-    """The whole source, plus each group the whole source's threshold fails (see :data:`SPLIT_P`) as a source of its own.
-
-    ``scores`` are ``texts``' max scores, in order. With the largest threshold winning (see
-    :func:`~eco_guard.classifier.calibration.joint_threshold`), a split-out group's own
-    split-conformal threshold bounds its rate at ``target_fpr``; the others are covered by
-    the whole source's. The note lists every group with its size and its rate at the
-    whole source's threshold.
-    """
+def _group_rows(texts: Sequence[str], groups: Groups) -> dict[str, list[int]]:
     rows: dict[str, list[int]] = {}
     for i, text in enumerate(texts):
         rows.setdefault(groups.of.get(text, UNGROUPED), []).append(i)
-    pooled = conformal_threshold(scores, target_fpr).threshold
+    return rows
+
+
+def _too_often(flagged: int, n: int, target_fpr: float) -> bool:
+    """More flags among ``n`` than ``target_fpr`` explains by chance (one-sided binomial test at :data:`SPLIT_P`)."""
+    return flagged > 0 and float(binom.sf(flagged - 1, n, target_fpr)) < SPLIT_P
+
+
+def grouped_sources(source: str, texts: Sequence[str], scores: np.ndarray, groups: Groups, target_fpr: float) -> dict[str, np.ndarray]:
+    """The whole source, plus each group of the policy's that the whole source's threshold fails (see :data:`SPLIT_P`), as a
+    source of its own.
+
+    ``scores`` are ``texts``' max scores, in order. With the largest threshold winning (see
+    :func:`~eco_guard.classifier.calibration.joint_threshold`), a split-out group's own
+    split-conformal threshold bounds its rate at ``target_fpr``. Groups the fit found
+    (clusters) never split: they are reported, and warned about, by :func:`group_report`.
+    On D2 (WMDP bio and cyber, MMLU calibration rows in 11 found clusters) letting them
+    split set the threshold by a 195-question biology cluster, and held-out recall fell
+    from 0.92 to 0.71; a policy that names its groups asks for that trade, an unnamed
+    cluster does not.
+    """
     out = {source: scores}
-    rates: dict[str, float] = {}
-    parts = []
-    for name, idx in rows.items():
-        flagged = int(np.sum(scores[idx] > pooled))
-        rates[name] = flagged / len(idx)
-        split = flagged > 0 and float(binom.sf(flagged - 1, len(idx), target_fpr)) < SPLIT_P
-        if split:
+    if groups.found:
+        return out
+    pooled = conformal_threshold(scores, target_fpr).threshold
+    for name, idx in _group_rows(texts, groups).items():
+        if _too_often(int(np.sum(scores[idx] > pooled)), len(idx), target_fpr):
             out[f"{source}: {name}"] = scores[idx]
-        parts.append(f"{name} n={len(idx)} {rates[name]:.3f}" + (" (calibrates on its own)" if split else ""))
-    kind = "found by the fit (clusters)" if groups.found else "given by the policy"
-    note = (
-        f"{source} in {len(rows)} groups {kind}; each group's rate at the whole source's threshold: {'; '.join(parts)}"
-    )
-    return GroupedSource(out, note, rates)
+    return out
+
+
+def group_report(
+    source: str, texts: Sequence[str], scores: np.ndarray, groups: Groups, threshold: float, target_fpr: float, split: Sequence[str]
+) -> tuple[str, dict[str, float]]:
+    """A line for the calibration note (every group: size, rate at the fit's threshold) and the groups flagged above
+    ``target_fpr`` by more than chance, by ``"<source>: <group>"`` (the fit adds them to its estimates, so ``fit`` warns,
+    naming them). ``split``: the sources that calibrated on their own."""
+    parts: list[str] = []
+    over: dict[str, float] = {}
+    for name, idx in _group_rows(texts, groups).items():
+        flagged = int(np.sum(scores[idx] > threshold))
+        label = f"{source}: {name}"
+        parts.append(f"{name} n={len(idx)} {flagged / len(idx):.3f}" + (" (calibrated on its own)" if label in split else ""))
+        if label not in split and _too_often(flagged, len(idx), target_fpr):
+            over[label] = flagged / len(idx)
+    kind = "found by the fit (clusters; reported, not calibrated apart)" if groups.found else "given by the policy"
+    return f"{source} in {len(parts)} groups {kind}; each group's rate at the threshold: {'; '.join(parts)}", over
 
 
 def grouped_halves(retain: Sequence[str], group_of: Mapping[str, str] | None) -> tuple[list[str], list[str]]:

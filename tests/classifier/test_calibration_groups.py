@@ -7,6 +7,8 @@ import numpy as np
 from eco_guard.classifier.calibration import joint_threshold
 from eco_guard.classifier.calibration_groups import (
     UNGROUPED,
+    Groups,
+    group_report,
     calibration_groups,
     fit_groups,
     grouped_halves,
@@ -70,7 +72,7 @@ def test_grouped_halves_split_each_group() -> None:
     assert first == ["a1", "a2", "b1", "b2"] and second == ["a3", "a4"]  # b2 has no group: ungrouped, its own
 
 
-def test_only_the_groups_the_pooled_threshold_fails_calibrate_on_their_own() -> None:
+def test_only_the_policy_groups_the_pooled_threshold_fails_calibrate_on_their_own() -> None:
     """The point of it: a neighbourhood flagged far above target at the pooled threshold gets its own threshold."""
     rng = np.random.default_rng(0)
     texts = [f"t{i}" for i in range(1400)]
@@ -80,11 +82,15 @@ def test_only_the_groups_the_pooled_threshold_fails_calibrate_on_their_own() -> 
     groups = calibration_groups(texts, given, np.eye(1400, 8), 0.01, seed=0)
     assert groups is not None
     pooled = joint_threshold({"retain": scores}, 0.01, 1)
-    cut = grouped_sources("retain", texts, scores, groups, 0.01)
-    assert set(cut.sources) == {"retain", "retain: near"}  # "far" is held by the pooled threshold
-    assert cut.rates["near"] > 0.05 and cut.rates["far"] <= 0.01
-    assert "near n=200" in cut.note and "(calibrates on its own)" in cut.note
-    grouped = joint_threshold(cut.sources, 0.01, 1)
+    sources = grouped_sources("retain", texts, scores, groups, 0.01)
+    assert set(sources) == {"retain", "retain: near"}  # "far" is held by the pooled threshold
+    grouped = joint_threshold(sources, 0.01, 1)
     assert np.mean(scores[:200] > pooled.threshold) > 0.05
     assert np.mean(scores[:200] > grouped.threshold) <= 0.01
-    assert "retain: near" in dict(grouped.estimated_fpr)
+    note, over = group_report("retain", texts, scores, groups, grouped.threshold, 0.01, list(sources))
+    assert "near n=200" in note and "(calibrated on its own)" in note and not over
+    # Found groups are only reported: the same scores leave the threshold pooled, and the fit is told which group fails.
+    found = Groups(groups.of, found=True)
+    assert set(grouped_sources("retain", texts, scores, found, 0.01)) == {"retain"}
+    note, over = group_report("retain", texts, scores, found, pooled.threshold, 0.01, ["retain"])
+    assert list(over) == ["retain: near"] and over["retain: near"] > 0.05 and "reported, not calibrated apart" in note

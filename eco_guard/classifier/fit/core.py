@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from eco_guard.classifier.calibration import Calibration, joint_threshold
-from eco_guard.classifier.calibration_groups import Groups, grouped_sources
+from eco_guard.classifier.calibration_groups import Groups, group_report, grouped_sources
 from eco_guard.classifier.features.lexical import Lexicon
 from eco_guard.classifier.fit.held_out import RETAIN, NegativeSplit, held_out_max_scores
 from eco_guard.classifier.heads import TargetData, TargetPlan, features, fit_head, head_scores, plan_target, unique_texts
@@ -83,11 +83,10 @@ def fit_core(
     # padded encoder batch (~1e-8).
     all_scores = head_scores(feats, lex, weights, bias)
     max_scores = {name: held_out_max_scores(all_scores, row_of, v, split.pieces) for name, v in sources.items() if v}
-    group_notes: list[str] = []
+    grouped: list[tuple[str, list[str], np.ndarray]] = []  # (source, texts, max scores) cut by groups
     if groups is not None and "calibration" in max_scores:
-        cut = grouped_sources("calibration", sources["calibration"], max_scores.pop("calibration"), groups, target_fpr)
-        max_scores.update(cut.sources)
-        group_notes.append(cut.note)
+        grouped.append(("calibration", sources["calibration"], max_scores["calibration"]))
+        max_scores.update(grouped_sources(*grouped[-1], groups, target_fpr))
     if not split.calibration_set:
         # Without a traffic sample, the policy's own examples are the nearest neighbours we
         # know: retain texts, and for each head the other targets' forget texts. Both were
@@ -99,9 +98,8 @@ def fit_core(
                 plans, retain_cal, all_scores[rows], train_feats, row_of, feats[rows], lex[rows], groups.of if groups else None
             )
             if groups is not None:  # neighbourhoods the pooled threshold fails get their own; other targets' examples apart
-                cut = grouped_sources(retain_name, scored, retain_scores, groups, target_fpr)
-                max_scores = {**cut.sources, **max_scores}
-                group_notes.append(cut.note)
+                grouped.append((retain_name, scored, retain_scores))
+                max_scores = {**grouped_sources(*grouped[-1], groups, target_fpr), **max_scores}
             else:
                 near.append(retain_scores)
         others = np.zeros(0)
@@ -115,8 +113,11 @@ def fit_core(
     if not max_scores:
         raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
     calibration = joint_threshold(max_scores, target_fpr, len(targets), estimate=estimate)
-    if group_notes:
-        calibration = replace(calibration, note=f"{calibration.note}. Calibration groups: {'. '.join(group_notes)}")
+    if groups is not None and grouped:
+        reports = [group_report(*g, groups, calibration.threshold, target_fpr, list(max_scores)) for g in grouped]
+        over = tuple(item for _, o in reports for item in o.items())
+        notes = ". ".join(note for note, _ in reports)
+        calibration = replace(calibration, note=f"{calibration.note}. Calibration groups: {notes}", estimated_fpr=calibration.estimated_fpr + over)
     if overlapping:
         pairs = ", ".join(sorted(f"{targets[a].id!r} and {targets[b].id!r}" for a, b in overlapping if a < b))
         calibration = replace(
