@@ -26,6 +26,8 @@ def test_lexical_weight_scales_the_lexical_block_and_round_trips(
     loaded = Classifier.load(tmp_path, encoder)
     assert loaded.lexicon.weight == 2.0
     np.testing.assert_array_equal(loaded.score(texts), weighted.score(texts))
-    with pytest.raises(ValueError, match="positive"):
-        Lexicon(clf.lexicon.terms, clf.lexicon.idf, 0.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        Lexicon(clf.lexicon.terms, clf.lexicon.idf, -1.0)
+    # Weight 0 is the feature choice's "no lexical block": every lexical row is zero.
+    assert Lexicon(clf.lexicon.terms, clf.lexicon.idf, 0.0).transform(texts).count_nonzero() == 0
 
