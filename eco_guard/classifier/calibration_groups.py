@@ -220,29 +220,37 @@ def group_report(
     return f"{source} in {len(parts)} groups {kind}; each group's rate at the threshold: {'; '.join(parts)}", over
 
 
-def grouped_halves(retain: Sequence[str], group_of: Mapping[str, str] | None) -> tuple[list[str], list[str]]:
-    """The two halves a head's retain list is cross-fitted in: contiguous halves of the list, or, with groups, of each group.
+GROUP_FOLDS = 5
+"""Folds a grouped retain list is cross-fitted in. A head trained without half of every group scored that half well
+above what the final head, trained on all of it, gives new questions of the same subjects (WMDP-bio with its seven
+neighbouring subjects given: the 1% threshold those scores set flagged none of 320 new neighbouring questions and cost
+recall 0.709 where 1% was worth 0.874); each fold's head here trains on four fifths. Costs a head per fold and target,
+so only grouped policies (hundreds of retain examples) pay it."""
+
+
+def grouped_folds(retain: Sequence[str], group_of: Mapping[str, str] | None) -> list[list[str]]:
+    """The parts a head's retain list is cross-fitted in: two contiguous halves of the list, or, with groups,
+    :data:`GROUP_FOLDS` contiguous slices of each group.
 
     Contiguous, because files list an entity's rows together (see
     :func:`~eco_guard.classifier.negatives.neighbours.cross_fitted_retain_scores`). Per
     group, because a head trained with none of a group would score all of it as unseen
-    territory, when the final head is trained on half of each: a retain list sorted by
+    territory, when the final head is trained on all of each: a retain list sorted by
     subject put whole neighbouring subjects in one half.
     """
     retain = list(retain)
     if not group_of:
         half = len(retain) - len(retain) // 2
-        return retain[:half], retain[half:]
+        return [retain[:half], retain[half:]]
     by_group: dict[str, list[str]] = {}
     for text in retain:
         by_group.setdefault(group_of.get(text, UNGROUPED), []).append(text)
-    first: list[str] = []
-    second: list[str] = []
+    folds: list[list[str]] = [[] for _ in range(GROUP_FOLDS)]
     for rows in by_group.values():
-        half = len(rows) - len(rows) // 2
-        first += rows[:half]
-        second += rows[half:]
-    return first, second
+        bounds = np.linspace(0, len(rows), GROUP_FOLDS + 1).round().astype(int)
+        for k in range(GROUP_FOLDS):
+            folds[k] += rows[bounds[k] : bounds[k + 1]]
+    return [fold for fold in folds if fold]
 
 
 PROBE = "built-in knowledge questions"

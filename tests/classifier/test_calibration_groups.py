@@ -11,7 +11,8 @@ from eco_guard.classifier.calibration_groups import (
     group_report,
     calibration_groups,
     fit_groups,
-    grouped_halves,
+    GROUP_FOLDS,
+    grouped_folds,
     grouped_sources,
     min_group_size,
 )
@@ -65,11 +66,14 @@ def test_fit_groups_reads_the_retain_groups_and_skips_forget_texts() -> None:
     assert groups.of["r0"] == "bio" and groups.of["r79"] == "law"
 
 
-def test_grouped_halves_split_each_group() -> None:
+def test_grouped_folds_slice_each_group() -> None:
     retain = ["a1", "a2", "a3", "a4", "b1", "b2"]
-    assert grouped_halves(retain, None) == (["a1", "a2", "a3"], ["a4", "b1", "b2"])
-    first, second = grouped_halves(retain, {"a1": "a", "a2": "a", "a3": "a", "a4": "a", "b1": "b"})
-    assert first == ["a1", "a2", "b1", "b2"] and second == ["a3", "a4"]  # b2 has no group: ungrouped, its own
+    assert grouped_folds(retain, None) == [["a1", "a2", "a3"], ["a4", "b1", "b2"]]
+    group_of = {f"g{i}": "g" for i in range(10)} | {f"h{i}": "h" for i in range(5)}
+    folds = grouped_folds([*group_of], group_of)
+    assert len(folds) == GROUP_FOLDS == 5
+    assert folds[0] == ["g0", "g1", "h0"] and folds[4] == ["g8", "g9", "h4"]  # contiguous slices of each group
+    assert sorted(t for f in folds for t in f) == sorted(group_of)
 
 
 def test_only_the_policy_groups_the_pooled_threshold_fails_calibrate_on_their_own() -> None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import sparse
 
-from eco_guard.classifier.calibration_groups import grouped_halves
+from eco_guard.classifier.calibration_groups import grouped_folds
 from eco_guard.classifier.heads import TargetData, TargetPlan, head_scores, head_without, unique_texts
 
 
@@ -55,13 +55,14 @@ def cross_fitted_retain_scores(
     pass only texts trained as retain rows). A text no head can be re-fitted without (no
     negatives left) is dropped rather than scored optimistically. Costs two extra heads
     per target with retain examples. With calibration groups (``group_of``, see
-    :mod:`eco_guard.classifier.calibration_groups`) the halves are those of each group.
+    :mod:`eco_guard.classifier.calibration_groups`) the parts are slices of each group, five of them
+    (:func:`~eco_guard.classifier.calibration_groups.grouped_folds`).
     """
     scores = scores.copy()
     index = {s: k for k, s in enumerate(texts)}
     keep = np.ones(len(texts), dtype=bool)
     for i, plan in enumerate(plans):
-        for fold in grouped_halves(plan.retain, group_of):
+        for fold in grouped_folds(plan.retain, group_of):
             own = [index[s] for s in fold if s in index]
             if not own:
                 continue
