@@ -230,6 +230,19 @@ def markdown(rows: list[dict[str, Any]], load: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write(out: Path, name: str, rows: list[dict[str, Any]], load: str, start: float, merge: bool) -> None:
+    """topics.json and topics.md with ``rows`` (and, with ``merge``, an earlier run's rows this run does not redo)."""
+    out_json = out / f"{name}.json"
+    if merge and out_json.exists():
+        done = {(r["topic"], r["variant"]) for r in rows}
+        earlier = json.loads(out_json.read_text(encoding="utf-8"))
+        rows = [r for r in earlier["rows"] if (r["topic"], r["variant"]) not in done] + rows
+        load = f"{earlier['load']}; this run {load}"
+    load += f" -> {os.getloadavg()[0]:.1f} (1-min load average at start and now; {time.perf_counter() - start:.0f} s)"
+    out_json.write_text(json.dumps({"target_fpr": TARGET_FPR, "load": load, "rows": rows}, indent=2) + "\n", encoding="utf-8")
+    (out / f"{name}.md").write_text(markdown(rows, load), encoding="utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -266,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append({"topic": topic.name, "variant": variant, **summarise(summary, topic)})
         print("  " + json.dumps({k: rows[-1][k] for k in ("recall", "worst_neighbour_fpr", "other_mmlu_fpr", "met", "oracle")}), file=sys.stderr)
         print("  " + json.dumps(rows[-1]["estimated_fpr"]) + " " + summary["calibration_note"][-600:], file=sys.stderr)
+        write(args.out, args.name, rows, load, start, args.merge)  # after every fit: a long run keeps what it measured
     for key in dict.fromkeys(k for k, _ in pairs):
         if encoder is None:
             break
@@ -275,15 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = summarise({"sets": run["sets"], "threshold": run["threshold"], "fit_seconds": 0.0, "oracle": oracle}, topic)
         rows.append({"topic": topic.name, "variant": "baseline", **row})
         print("  baseline " + json.dumps({k: rows[-1][k] for k in ("recall", "worst_neighbour_fpr", "other_mmlu_fpr")}), file=sys.stderr)
-    out_json = args.out / f"{args.name}.json"
-    if args.merge and out_json.exists():
-        done = {(r["topic"], r["variant"]) for r in rows}
-        earlier = json.loads(out_json.read_text(encoding="utf-8"))
-        rows = [r for r in earlier["rows"] if (r["topic"], r["variant"]) not in done] + rows
-        load = f"{earlier['load']}; this run {load}"
-    load += f" -> {os.getloadavg()[0]:.1f} (1-min load average at start and end; {time.perf_counter() - start:.0f} s)"
-    out_json.write_text(json.dumps({"target_fpr": TARGET_FPR, "load": load, "rows": rows}, indent=2) + "\n", encoding="utf-8")
-    (args.out / f"{args.name}.md").write_text(markdown(rows, load), encoding="utf-8")
+    write(args.out, args.name, rows, load, start, args.merge)
     print(markdown(rows, load))
     return 0
 

@@ -221,11 +221,11 @@ def group_report(
 
 
 GROUP_FOLDS = 5
-"""Folds a grouped retain list is cross-fitted in. A head trained without half of every group scored that half well
-above what the final head, trained on all of it, gives new questions of the same subjects (WMDP-bio with its seven
-neighbouring subjects given: the 1% threshold those scores set flagged none of 320 new neighbouring questions and cost
-recall 0.709 where 1% was worth 0.874); each fold's head here trains on four fifths. Costs a head per fold and target,
-so only grouped policies (hundreds of retain examples) pay it."""
+"""Folds a grouped retain list is cross-fitted in: each fold's head trains on four fifths of every group, nearer the
+final head (trained on all) than a head on half. Measured on WMDP-bio with its seven neighbouring subjects given
+(benchmarks/topics.py): the same threshold and recall as halves (0.709), because a group's few highest-scoring
+questions set its 1% threshold either way. Costs a head per fold and target, so only grouped policies (hundreds of
+retain examples) pay it; halves would serve as well on what was measured."""
 
 
 def grouped_folds(retain: Sequence[str], group_of: Mapping[str, str] | None) -> list[list[str]]:
