@@ -92,6 +92,8 @@ class TargetRows:
     forget: list[str]
     retain: list[str]
     description: str = ""
+    retain_groups: list[str] | None = None
+    """Each retain example's group (written as the rows' ``group`` field, read through ``group_field``)."""
 
 
 @dataclass
@@ -265,8 +267,9 @@ PROTOCOLS: dict[str, Callable[[], Protocol]] = {"D1": protocol_d1, "D2": protoco
 # ---------------------------------------------------------------------------- running
 
 
-def _write_jsonl(path: Path, texts: Sequence[str]) -> None:
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+def _write_jsonl(path: Path, texts: Sequence[str], groups: Sequence[str] | None = None) -> None:
+    rows = [{"text": t} if groups is None else {"text": t, "group": g} for t, g in zip(texts, groups or texts)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
 
 def write_policy(protocol: Protocol, directory: Path) -> Path:
@@ -280,8 +283,8 @@ def write_policy(protocol: Protocol, directory: Path) -> Path:
         _write_jsonl(directory / f"{t.id}.forget.jsonl", t.forget)
         entry: dict[str, Any] = {"id": t.id, "description": t.description, "forget": {"file": f"{t.id}.forget.jsonl"}}
         if t.retain:  # a target may have none, as users write them
-            _write_jsonl(directory / f"{t.id}.retain.jsonl", t.retain)
-            entry["retain"] = {"file": f"{t.id}.retain.jsonl"}
+            _write_jsonl(directory / f"{t.id}.retain.jsonl", t.retain, t.retain_groups)
+            entry["retain"] = {"file": f"{t.id}.retain.jsonl", **({"group_field": "group"} if t.retain_groups else {})}
         targets.append({**entry, "corruption": {"strength": 1.0}})
     classifier: dict[str, Any] = {"target_fpr": 0.01}
     if protocol.calibration is not None:
@@ -333,6 +336,8 @@ def run_protocol(protocol: Protocol, *, seed: int = 0, progress: bool = False) -
         "target_fpr": first["target_fpr"],
         "calibration_note": first["calibration_note"],
         "classifier_features": first.get("feature_view_note", ""),
+        "estimated_fpr": first.get("estimated_fpr", {}),
+        "warnings": [w["message"] for w in report.get("warnings", [])],
         "sets": {},
     }
     rates = set_rates({k: r.scores for k, r in results.items()}, {k: r.flagged for k, r in results.items()}, protocol.positives)

@@ -29,6 +29,8 @@ class Example:
 
     text: str
     answer: str | None = None
+    group: str | None = None
+    """The row's group when the source names a ``group_field`` (retain examples: see docs/topic-policies.md)."""
 
 
 def load_examples(
@@ -43,7 +45,8 @@ def load_examples(
     if source.file is not None:
         path = loaded.resolve(source.file)
         examples = read_text_rows(
-            path, field=source.field, answer_field=source.answer_field, key=key, policy_file=policy_file
+            path, field=source.field, answer_field=source.answer_field, key=key, policy_file=policy_file,
+            group_field=source.group_field,
         )
         origin = f"{path} contains no examples"
     else:
@@ -67,6 +70,7 @@ def read_text_rows(
     answer_field: str | None = None,
     key: str | None = None,
     policy_file: str | None = None,
+    group_field: str | None = None,
 ) -> list[Example]:
     """Read examples from a .txt, .jsonl, .json or .csv file.
 
@@ -74,7 +78,7 @@ def read_text_rows(
     line; they are PolicyErrors pointing at ``key`` in ``policy_file`` when the file was
     named by a policy, and InputErrors otherwise (an input file given to the CLI).
     """
-    reader = _RowReader(path=path, field=field, answer_field=answer_field, key=key, policy_file=policy_file)
+    reader = _RowReader(path=path, field=field, answer_field=answer_field, key=key, policy_file=policy_file, group_field=group_field)
     return reader.read()
 
 
@@ -87,6 +91,7 @@ class _RowReader:
     answer_field: str | None
     key: str | None
     policy_file: str | None
+    group_field: str | None = None
 
     def read(self) -> list[Example]:
         """Dispatch on the extension: the format is the author's explicit choice, never sniffed."""
@@ -104,6 +109,12 @@ class _RowReader:
                     f"answer_field {self.answer_field!r} is set but {self.path} is a .txt file, which has no "
                     "fields; use .jsonl, .json or .csv for examples with answers",
                     at="answer_field",
+                )
+            if self.group_field is not None:
+                raise self._error(
+                    f"group_field {self.group_field!r} is set but {self.path} is a .txt file, which has no "
+                    "fields; use .jsonl, .json or .csv for grouped examples",
+                    at="group_field",
                 )
             return [Example(line.strip()) for line in text.splitlines() if line.strip()]
         if suffix == ".jsonl":
@@ -170,7 +181,7 @@ class _RowReader:
         examples = []
         try:
             columns = rows.fieldnames or []
-            for name in (self.field, self.answer_field):
+            for name in (self.field, self.answer_field, self.group_field):
                 if columns and name is not None and name not in columns:
                     raise self._error(
                         f"{self.path}, line 1: no column {name!r} in the header (columns: {', '.join(columns)})"
@@ -191,17 +202,16 @@ class _RowReader:
     def _example(self, row: object, where: str) -> Example:
         """Turn one parsed row (an object, or a bare string) into an Example, or say why not."""
         if isinstance(row, str):
-            if self.answer_field is not None:
-                raise self._error(
-                    f"{self.path}, {where}: row is a plain string, so it has no answer field {self.answer_field!r}"
-                )
+            for kind, name in (("answer", self.answer_field), ("group", self.group_field)):
+                if name is not None:
+                    raise self._error(f"{self.path}, {where}: row is a plain string, so it has no {kind} field {name!r}")
             return Example(self._text(row, where, "text"))
         if not isinstance(row, dict):
             raise self._error(f"{self.path}, {where}: expected an object with key {self.field!r}; got {_kind(row)}")
         text = self._text(self._value(row, self.field, where), where, self.field)
-        if self.answer_field is None:
-            return Example(text)
-        return Example(text, self._text(self._value(row, self.answer_field, where), where, self.answer_field))
+        answer = None if self.answer_field is None else self._text(self._value(row, self.answer_field, where), where, self.answer_field)
+        group = None if self.group_field is None else self._text(self._value(row, self.group_field, where), where, self.group_field)
+        return Example(text, answer, group)
 
     def _value(self, row: dict[object, object], name: str, where: str) -> object:
         """``row[name]``; a missing field lists the fields present, as the likely fix is a rename."""

@@ -269,7 +269,7 @@ def fit_guard(
         f"target FPR {spec.classifier.target_fpr})"
     )
     data = [
-        TargetData(id=t.id, forget=[e.text for e in f], retain=[e.text for e in r])
+        TargetData(id=t.id, forget=[e.text for e in f], retain=[e.text for e in r], retain_groups=tuple(e.group for e in r))
         for t, f, r in zip(spec.targets, forgets, retains)
     ]
     # optional held-out calibration negatives from the policy

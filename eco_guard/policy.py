@@ -61,6 +61,9 @@ class ExampleSource(StrictModel):
     examples: list[str] | None = None
     field: str = Field("text", min_length=1)
     answer_field: str | None = Field(None, min_length=1)
+    group_field: str | None = Field(None, min_length=1)
+    """The field naming each row's group (retain examples only): the neighbourhoods calibration holds
+    ``target_fpr`` in, one per neighbouring subject say (docs/topic-policies.md)."""
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ExampleSource:
@@ -71,7 +74,16 @@ class ExampleSource(StrictModel):
             raise ValueError("'file' is empty; expected a path relative to the policy file")
         if self.examples is not None and self.answer_field is not None:
             raise ValueError("'answer_field' needs a 'file'; inline 'examples' carry no answers")
+        if self.examples is not None and self.group_field is not None:
+            raise ValueError("'group_field' needs a 'file'; inline 'examples' carry no groups")
         return self
+
+
+def _no_groups(source: ExampleSource | None, what: str) -> ExampleSource | None:
+    """Groups are read from retain examples only; elsewhere a ``group_field`` would be silently ignored."""
+    if source is not None and source.group_field is not None:
+        raise ValueError(f"'group_field' is read only on a target's retain examples, not on {what}; remove it here")
+    return source
 
 
 CORRUPTION_METHOD = Literal[
@@ -143,6 +155,12 @@ class TargetSpec(StrictModel):
     """Other names of the target (nicknames, spellings, former names): read in disguised
     prompts (:mod:`eco_guard.canonical`) and looked for in answers (:mod:`eco_guard.output`)."""
 
+    @field_validator("forget")
+    @classmethod
+    def _forget_ungrouped(cls, source: ExampleSource) -> ExampleSource:
+        _no_groups(source, "forget examples")
+        return source
+
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+)$"
 
@@ -186,6 +204,11 @@ class ClassifierSpec(StrictModel):
     calibration: ExampleSource | None = None
     precision: Literal["float32", "bfloat16"] = "float32"
     runtime: Literal["auto", "torch", "onnx"] = "auto"
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration_ungrouped(cls, source: ExampleSource | None) -> ExampleSource | None:
+        return _no_groups(source, "the calibration set (fit finds its groups itself)")
 
 
 class LanguageSpec(StrictModel):

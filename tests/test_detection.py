@@ -232,4 +232,4 @@ def test_d1_detection_fast_check() -> None:
     assert sets["paraphrases"]["tpr"] >= 0.7
     assert sets["retain test"]["fpr"] <= 0.03
     # The benchmark records which feature set the fit chose, and every candidate's recall.
-    assert summary["classifier_features"].count("lexical x") == 5
+    assert summary["classifier_features"].count("lexical x") == 5 and "sentence, no lexical block 0." in summary["classifier_features"]

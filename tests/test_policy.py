@@ -443,3 +443,58 @@ def test_classifier_calibration_source(tmp_path: Path) -> None:
     bad = MINIMAL.replace("version: 1\n", "version: 1\nclassifier:\n  calibration: {file: a.txt, examples: [b]}\n")
     with pytest.raises(PolicyError, match="classifier.calibration"):
         load_policy(write(tmp_path / "bad.yaml", bad))
+
+
+# ---------------------------------------------------------------- retain groups
+
+
+def load_retain(tmp_path: Path, retain: str, files: dict[str, str]) -> list[Example]:
+    """Write ``files`` next to a one-target policy with ``retain`` and load its retain set."""
+    for name, content in files.items():
+        write(tmp_path / name, content)
+    loaded = load_policy(write(tmp_path / "policy.yaml", target_yaml(f"    retain: {retain}\n")))
+    return load_examples(loaded.policy.targets[0].retain, loaded=loaded, key="targets[0].retain", required=False)
+
+
+def test_retain_groups_are_read(tmp_path: Path) -> None:
+    rows = '{"q": "What is a cell?", "s": "biology"}\n{"q": "What is DNA?", "s": "genetics"}\n'
+    examples = load_retain(tmp_path, "{file: r.jsonl, field: q, group_field: s}", {"r.jsonl": rows})
+    assert examples == [Example("What is a cell?", group="biology"), Example("What is DNA?", group="genetics")]
+    csv_rows = "question,subject\nWhat is a cell?,biology\n"
+    examples = load_retain(tmp_path, "{file: r.csv, field: question, group_field: subject}", {"r.csv": csv_rows})
+    assert examples == [Example("What is a cell?", group="biology")]
+
+
+@pytest.mark.parametrize(
+    "retain, files, key, fragment",
+    [
+        ("{file: r.jsonl, group_field: s}", {"r.jsonl": '{"text": "q"}\n'}, "targets[0].retain", "line 1: missing field 's'"),
+        ("{file: r.jsonl, group_field: s}", {"r.jsonl": '{"text": "q", "s": 3}\n'}, "targets[0].retain", "field 's' must be a string"),
+        ("{file: r.json, group_field: s}", {"r.json": '["q"]'}, "targets[0].retain", "row is a plain string, so it has no group field 's'"),
+        ("{file: r.txt, group_field: s}", {"r.txt": "q\n"}, "targets[0].retain.group_field", "a .txt file"),
+        ("{file: r.csv, group_field: s}", {"r.csv": "text\nq\n"}, "targets[0].retain", "no column 's'"),
+    ],
+)
+def test_retain_group_errors_name_file_and_key(tmp_path: Path, retain: str, files: dict[str, str], key: str, fragment: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        load_retain(tmp_path, retain, files)
+    assert info.value.key == key
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text, key, fragment",
+    [
+        (target_yaml(forget="{file: f.jsonl, group_field: g}"), "targets[0].forget", "read only on a target's retain examples"),
+        (target_yaml("    retain: {examples: [a], group_field: g}\n"), "targets[0].retain", "needs a 'file'"),
+        (
+            MINIMAL.replace("version: 1\n", "version: 1\nclassifier:\n  calibration: {file: c.jsonl, group_field: g}\n"),
+            "classifier.calibration",
+            "read only on a target's retain examples",
+        ),
+    ],
+)
+def test_group_field_schema_errors(tmp_path: Path, text: str, key: str, fragment: str) -> None:
+    error = policy_error(tmp_path, text)
+    assert error.key == key
+    assert fragment in str(error)

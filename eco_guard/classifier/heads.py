@@ -45,6 +45,9 @@ class TargetData:
     id: str
     forget: list[str]
     retain: list[str]
+    retain_groups: tuple[str | None, ...] = ()
+    """The policy's group of each retain example, in order (None where it names none; empty when it names no groups):
+    the neighbourhoods calibration holds its rate in (:mod:`eco_guard.classifier.calibration_groups`)."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ class Lexicon:
     """A fixed vocabulary with idf weights; turns texts into TF-IDF rows of norm ``weight``.
 
     ``weight`` scales the lexical block against the unit-norm encoder block the heads
-    read beside it: how much a prompt's shared rare words count against its meaning.
+    read beside it: how much a prompt's shared rare words count against its meaning
+    (0: not at all, the rows are all zero, for topics whose words their field shares).
     Which weight suits a policy is measured by ``fit_heads`` (:mod:`eco_guard.classifier.fit`).
     """
 
@@ -46,8 +47,8 @@ class Lexicon:
         if self.idf.shape != (len(self.terms),):
             raise ValueError(f"idf has shape {self.idf.shape}, expected ({len(self.terms)},)")
         w = self.weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (np.isfinite(w) and w > 0):
-            raise ValueError(f"lexical weight must be a positive number, got {w!r}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (np.isfinite(w) and w >= 0):
+            raise ValueError(f"lexical weight must be a number >= 0 (0: no lexical block), got {w!r}")
         # Built once and used read-only afterwards, so one Lexicon is safe to share between
         # threads; the warm-up transform settles sklearn's lazily validated vocabulary.
         vectorizer = _vectorizer(list(self.terms) or ["\x00"])

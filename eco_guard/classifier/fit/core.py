@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from eco_guard.classifier.calibration import Calibration, joint_threshold
+from eco_guard.classifier.calibration_groups import Groups, group_report, grouped_sources
 from eco_guard.classifier.features.lexical import Lexicon
 from eco_guard.classifier.fit.held_out import RETAIN, NegativeSplit, held_out_max_scores
 from eco_guard.classifier.heads import TargetData, TargetPlan, features, fit_head, head_scores, plan_target, unique_texts
@@ -45,6 +46,7 @@ def fit_core(
     progress: bool = False,
     estimate: bool = True,
     retain_name: str = RETAIN,
+    groups: Groups | None = None,
 ) -> CoreFit:
     """Heads for ``targets`` on already-embedded ``feats`` (rows per ``row_of``) and their joint threshold.
 
@@ -54,6 +56,8 @@ def fit_core(
     to the calibration note (skipped by the inner fits of :func:`~eco_guard.classifier.fit.selection.select_features`, which
     only need the threshold). ``retain_name`` names the cross-fitted retain texts in the
     calibration note (see :func:`~eco_guard.classifier.fit.held_out.retain_source_name`).
+    ``groups`` (:mod:`~eco_guard.classifier.calibration_groups`) cuts the calibration set,
+    or the cross-fitted retain texts, into neighbourhoods that each calibrate on their own.
     """
     plans = [plan_target(t, targets, split.bg_train) for t in targets]
     # Held out from every head: no text any head trains on may calibrate the shared threshold.
@@ -79,6 +83,10 @@ def fit_core(
     # padded encoder batch (~1e-8).
     all_scores = head_scores(feats, lex, weights, bias)
     max_scores = {name: held_out_max_scores(all_scores, row_of, v, split.pieces) for name, v in sources.items() if v}
+    grouped: list[tuple[str, list[str], np.ndarray]] = []  # (source, texts, max scores) cut by groups
+    if groups is not None and "calibration" in max_scores:
+        grouped.append(("calibration", sources["calibration"], max_scores["calibration"]))
+        max_scores.update(grouped_sources(*grouped[-1], groups, target_fpr))
     if not split.calibration_set:
         # Without a traffic sample, the policy's own examples are the nearest neighbours we
         # know: retain texts, and for each head the other targets' forget texts. Both were
@@ -86,17 +94,30 @@ def fit_core(
         near: list[np.ndarray] = []
         if retain_cal:
             rows = [row_of[s] for s in retain_cal]
-            near.append(cross_fitted_retain_scores(plans, retain_cal, all_scores[rows], train_feats, row_of, feats[rows], lex[rows]))
+            scored, retain_scores = cross_fitted_retain_scores(
+                plans, retain_cal, all_scores[rows], train_feats, row_of, feats[rows], lex[rows], groups.of if groups else None
+            )
+            if groups is not None:  # neighbourhoods the pooled threshold fails get their own; other targets' examples apart
+                grouped.append((retain_name, scored, retain_scores))
+                max_scores = {**grouped_sources(*grouped[-1], groups, target_fpr), **max_scores}
+            else:
+                near.append(retain_scores)
         others = np.zeros(0)
         if len(overlapping) < len(targets) * (len(targets) - 1):  # some pair of targets are each other's neighbours
             others = neighbour_scores(cross_target_scores(targets, plans, train_feats, row_of, feats, lex), overlapping)
         pooled = np.concatenate([*near, others])
         if pooled.size:
             # Named for what it holds: retain alone when every target overlaps every other.
-            max_scores = {(f"{retain_name} and other targets' examples" if others.size else retain_name): pooled, **max_scores}
+            name = (f"{retain_name} and other targets' examples" if near else "other targets' examples") if others.size else retain_name
+            max_scores = {name: pooled, **max_scores}
     if not max_scores:
         raise UserError("no held-out negatives to calibrate the threshold on; add retain examples or background prompts")
     calibration = joint_threshold(max_scores, target_fpr, len(targets), estimate=estimate)
+    if groups is not None and grouped:
+        reports = [group_report(*g, groups, calibration.threshold, target_fpr, list(max_scores)) for g in grouped]
+        over = tuple(item for _, o in reports for item in o.items())
+        notes = ". ".join(note for note, _ in reports)
+        calibration = replace(calibration, note=f"{calibration.note}. Calibration groups: {notes}", estimated_fpr=calibration.estimated_fpr + over)
     if overlapping:
         pairs = ", ".join(sorted(f"{targets[a].id!r} and {targets[b].id!r}" for a, b in overlapping if a < b))
         calibration = replace(

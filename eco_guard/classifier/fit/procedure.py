@@ -21,6 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from eco_guard.canonical import Canonicalizer
 from eco_guard.classifier.calibration import Calibration
+from eco_guard.classifier.calibration_groups import fit_groups, probe_neighbourhoods
 from eco_guard.classifier.features.embedded import Embedded
 from eco_guard.classifier.features.encoder import Encoder
 from eco_guard.classifier.features.lexical import Lexicon
@@ -33,7 +34,7 @@ from eco_guard.classifier.fit.held_out import (
     split_negatives,
 )
 from eco_guard.classifier.fit.selection import select_features
-from eco_guard.classifier.heads import VIEWS, FeatureView, TargetData, unique_texts, view_columns
+from eco_guard.classifier.heads import VIEWS, FeatureView, TargetData, head_scores, unique_texts, view_columns
 from eco_guard.classifier.negatives.background import background_prompts, near_negative_stand_ins
 from eco_guard.classifier.negatives.neighbours import overlapping_targets
 from eco_guard.classifier.negatives.swaps import (
@@ -187,9 +188,11 @@ def fit_heads(
     # Only a fit without a calibration set uses other targets' examples as negatives.
     overlapping = frozenset() if split.calibration_set else overlapping_targets(targets, table.views["sentence"], table.row_of)
     policy_targets = targets
+    groups = fit_groups(targets, split.calibration_set, lambda ts: table.views["sentence"][[table.row_of[s] for s in ts]], target_fpr, seed)
     targets, swapped_note = with_swapped_retain(targets, swaps)
     choice, view_note = select_features(
-        policy_targets, table.views, table.row_of, table.texts, split, target_fpr, overlapping, swaps, seed=seed, progress=progress
+        policy_targets, table.views, table.row_of, table.texts, split, target_fpr, overlapping, swaps, seed=seed, progress=progress,
+        groups=groups,
     )
     core = fit_core(
         targets,
@@ -202,8 +205,10 @@ def fit_heads(
         overlapping=overlapping,
         progress=progress,
         retain_name=retain_source_name(any(t.retain for t in policy_targets), any(sw.copies for sw in swaps)),
+        groups=groups,
     )
     calibrated = replace(core.calibration, note=core.calibration.note + swapped_note + (f". Caution: {NO_NEAR_NEGATIVES}" if bare else ""))
+    calibrated = _with_probe(calibrated, embedded, core, choice.view, encoder.dim, seed)
     return FittedHeads(
         target_ids=[t.id for t in targets],
         weights=core.weights,
@@ -212,6 +217,24 @@ def fit_heads(
         lexicon=core.lexicon,
         view=choice.view,
         fits=_target_fits(policy_targets, targets, core, calibrated, table.row_of, view_note, lacking_ids, near),
+    )
+
+
+def _with_probe(calibrated: Calibration, embedded: Embedded, core: CoreFit, view: FeatureView, dim: int, seed: int) -> Calibration:
+    """The calibration with the neighbourhood probe's rates in its note, and the clusters it flags too often among its
+    estimates (so ``fit`` warns, naming them; :func:`~eco_guard.classifier.calibration_groups.probe_neighbourhoods`)."""
+    probe = probe_neighbourhoods(
+        embedded,
+        {s for plan in core.plans for s in plan.train_texts},
+        lambda ts: head_scores(view_columns(embedded.matrix(ts), view, dim), core.lexicon.transform(ts), core.weights, core.bias).max(axis=1),
+        calibrated.threshold,
+        calibrated.target_fpr,
+        seed,
+    )
+    if not probe.rates:
+        return calibrated
+    return replace(
+        calibrated, note=f"{calibrated.note}. {probe.note(calibrated.threshold)}", estimated_fpr=calibrated.estimated_fpr + tuple(probe.over.items())
     )
 
 

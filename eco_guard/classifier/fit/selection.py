@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from eco_guard.classifier.calibration_groups import Groups
 from eco_guard.classifier.fit.core import fit_core
 from eco_guard.classifier.fit.held_out import NegativeSplit
 from eco_guard.classifier.heads import FeatureView, TargetData, unique_texts
@@ -43,7 +44,17 @@ class Candidate:
 
     @property
     def name(self) -> str:
+        if not self.lexical_weight:
+            return f"{self.view}, no lexical block"
         return f"{self.view} + lexical x{self.lexical_weight:g}"
+
+
+NO_LEXICAL = Candidate("sentence", 0.0)
+"""The plain embedding's features, tried last (so it must beat every other candidate strictly): a topic's forget
+words are its field's words too ("reaction", "pathogen", "exploit"), and a lexical block that fires on them flags the
+neighbouring subject, which the per-group calibration (:mod:`eco_guard.classifier.calibration_groups`) then pays for
+in recall. These are the features of the embedding + logistic-regression baseline, so the choice can always fall
+back to them."""
 
 
 def select_features(
@@ -58,6 +69,7 @@ def select_features(
     *,
     seed: int = 0,
     progress: bool = False,
+    groups: Groups | None = None,
 ) -> tuple[Candidate, str]:
     """Pick the feature view and lexical weight with the best recall on the policy's own held-out forget examples.
 
@@ -79,7 +91,8 @@ def select_features(
     two head fits per candidate; the encoder runs once. ``swaps``: the name-swapped copies
     the real fit gives as retain examples, each fold only those of the examples it keeps.
     A policy of more than :data:`SELECTION_TARGETS` targets is judged on that many, drawn
-    with ``seed``.
+    with ``seed``. ``groups``: the calibration groups of the real fit, so each candidate's
+    threshold holds its rate per neighbourhood as the real one does.
     """
     plain = Candidate("sentence", LEXICAL_WEIGHTS[0])
     if not any(len(unique_texts(t.forget)) >= 2 for t in targets):
@@ -93,23 +106,21 @@ def select_features(
         targets = [targets[i] for i in drawn]
     folds = forget_folds(targets, swaps)
     recall: dict[Candidate, float] = {}
-    bar = tqdm(
-        total=len(LEXICAL_WEIGHTS) * len(views) * len(folds), desc="choosing features", unit="fit",
-        disable=not progress, file=sys.stderr,
-    )
+    candidates = [Candidate(view, weight) for weight in LEXICAL_WEIGHTS for view in views] + [NO_LEXICAL]
+    bar = tqdm(total=len(candidates) * len(folds), desc="choosing features", unit="fit", disable=not progress, file=sys.stderr)
     with bar:
-        for weight in LEXICAL_WEIGHTS:
-            for view in views:
-                hits = total = 0
-                for kept, held in folds:
-                    core = fit_core(
-                        kept, views[view], row_of, texts, split, target_fpr, weight, overlapping=overlapping, estimate=False
-                    )
-                    rows = [row_of[s] for s in held]
-                    hits += int(np.sum(core.scores[rows].max(axis=1) > core.calibration.threshold))
-                    total += len(rows)
-                    bar.update()
-                recall[Candidate(view, weight)] = hits / total
+        for candidate in candidates:
+            hits = total = 0
+            for kept, held in folds:
+                core = fit_core(
+                    kept, views[candidate.view], row_of, texts, split, target_fpr, candidate.lexical_weight,
+                    overlapping=overlapping, estimate=False, groups=groups,
+                )
+                rows = [row_of[s] for s in held]
+                hits += int(np.sum(core.scores[rows].max(axis=1) > core.calibration.threshold))
+                total += len(rows)
+                bar.update()
+            recall[candidate] = hits / total
     chosen = max(recall, key=lambda c: recall[c])  # the first of equals: the simplest
     shown = ", ".join(f"{c.name} {r:.3f}" for c, r in recall.items())
     return chosen, (

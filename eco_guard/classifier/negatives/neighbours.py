@@ -10,9 +10,12 @@ scores of texts the scoring head never saw (see
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from scipy import sparse
 
+from eco_guard.classifier.calibration_groups import grouped_folds
 from eco_guard.classifier.heads import TargetData, TargetPlan, head_scores, head_without, unique_texts
 
 
@@ -39,8 +42,9 @@ def cross_fitted_retain_scores(
     row_of: dict[str, int],
     emb: np.ndarray,
     lex: sparse.csr_matrix,
-) -> np.ndarray:
-    """Max-over-targets scores of retain ``texts`` from heads that never trained on them.
+    group_of: Mapping[str, str] | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """Max-over-targets scores of retain ``texts`` from heads that never trained on them, and the texts scored.
 
     ``scores``, ``emb`` and ``lex`` are the final heads' scores and the embedding and
     lexical rows of ``texts``; ``feats`` is the full training feature matrix, rows per
@@ -50,14 +54,15 @@ def cross_fitted_retain_scores(
     replace the final head's for that half. Other heads never saw those texts (callers
     pass only texts trained as retain rows). A text no head can be re-fitted without (no
     negatives left) is dropped rather than scored optimistically. Costs two extra heads
-    per target with retain examples.
+    per target with retain examples. With calibration groups (``group_of``, see
+    :mod:`eco_guard.classifier.calibration_groups`) the parts are slices of each group, five of them
+    (:func:`~eco_guard.classifier.calibration_groups.grouped_folds`).
     """
     scores = scores.copy()
     index = {s: k for k, s in enumerate(texts)}
     keep = np.ones(len(texts), dtype=bool)
     for i, plan in enumerate(plans):
-        half = len(plan.retain) - len(plan.retain) // 2
-        for fold in (plan.retain[:half], plan.retain[half:]):
+        for fold in grouped_folds(plan.retain, group_of):
             own = [index[s] for s in fold if s in index]
             if not own:
                 continue
@@ -67,7 +72,7 @@ def cross_fitted_retain_scores(
                 continue
             w, b = head
             scores[own, i] = head_scores(emb[own], lex[own], w[None, :], np.array([b]))[:, 0]
-    return scores[keep].max(axis=1)
+    return [s for s, k in zip(texts, keep) if k], scores[keep].max(axis=1)
 
 
 def cross_target_scores(
