@@ -37,11 +37,7 @@ before, at the end). Alone they are not questions of any kind the heads were fit
 on the D1 guard, sentences of 1-4 words from exam questions were flagged at about 5%,
 those of ten words or more at 0.2%, the rate of whole questions."""
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n|(?<=:)\s+(?=[\"'“‘«A-Z])")
-"""Where a sentence ends: after . ! ? and whitespace, at a paragraph break, and after a colon
-that introduces a new sentence or a quotation ("...answer fully: Who wrote ...?", "The
-historian is asked: \"Where ...\""). The last is how role-play and jailbreak wrappers embed
-the real question; cut there, the question is scored on its own, as a plain one is."""
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 
 
 def sentences(text: str) -> list[str]:
