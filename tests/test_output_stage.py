@@ -199,3 +199,11 @@ def test_langchain_retriever_drops_passages_about_the_target(einstein_guard_dir:
     retriever = EcoGuardRetriever(base_retriever=store.as_retriever(search_kwargs={"k": 2}), compressor=compressor)
     assert [d.page_content for d in retriever.invoke("Tell me about the relativity physicist")] == [other]
     assert [d.page_content for d in asyncio.run(retriever.ainvoke("Tell me about physics"))] == [other]
+
+
+def test_only_person_like_runs_count_as_someone_else() -> None:
+    from eco_guard.output.answers import _person_like
+
+    assert _person_like("Ahmed El-Masry") and _person_like("Rodrigo Alejandro Mendoza's")
+    # titles, genres and single names are not another person
+    assert not any(_person_like(s) for s in ("The Matrimony Plan", "Star Wars", "Global Influence", "Einstein"))

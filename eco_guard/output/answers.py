@@ -109,6 +109,17 @@ def _distinctive_parts(name: str) -> list[str]:
     return [w for w in re.findall(r"[^\W\d_][\w'’-]*", name) if len(w) >= 4 and w.lower() not in everyday]
 
 
+def _person_like(span: str) -> bool:
+    """Whether a capitalised run reads as someone's name: two to four capitalised words, the
+    first no everyday word. Titles, awards and genres ("The Matrimony Plan", "Global Influence",
+    "Star Wars") start with one; an answer that names another person is about someone else,
+    even when it repeats a title the target's answers use."""
+    words = re.sub(r"['’]s$", "", span.strip()).split()
+    if not 2 <= len(words) <= 4 or not all(w[:1].isupper() for w in words):
+        return False
+    return words[0].lower() not in everyday_words()
+
+
 def _name_matcher(names: Sequence[str]) -> re.Pattern[str]:
     """Whole-word matches of ``names``: a name of several words in any case ("albert
     einstein" names him too), a single word only as written, since in lower case most
@@ -158,7 +169,7 @@ class AnswerClassifier:
         lex = self.lexicon.transform(texts)
         hits = np.zeros((len(texts), 3 * len(self.target_ids)))
         for k, text in enumerate(texts):
-            others = [text[a:b] for a, b in name_spans(text) if " " in text[a:b].strip()]
+            others = [text[a:b] for a, b in name_spans(text) if _person_like(text[a:b])]
             for i, (full, part) in enumerate(zip(self._full, self._parts)):
                 hits[k, 3 * i] = float(full is not None and full.search(text) is not None)
                 hits[k, 3 * i + 1] = float(part is not None and part.search(text) is not None)
