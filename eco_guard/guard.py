@@ -436,7 +436,7 @@ class Guard:
             return GuardedResult(route.refusal, decision)
         chat = normalize_messages(chat)
         answer = self.answer_routed([chat], [route], options)[0].text
-        return self.screen_answer(chat, decision, answer, options)
+        return self._screen(chat, decision, answer, options)
 
     def screen_answer(
         self, chat: Messages, decision: Decision, answer: str, options: GenerationOptions = GenerationOptions()
@@ -447,7 +447,11 @@ class Guard:
         result's decision says whether the output stage caught it; auditing a caught answer
         (kind ``output``) is done here.
         """
-        decisions, texts = screen(self, [normalize_messages(chat)], [decision], [answer], options)
+        return self._screen(normalize_messages(chat), decision, answer, options)
+
+    def _screen(self, chat: list[dict[str, str]], decision: Decision, answer: str, options: GenerationOptions) -> GuardedResult:
+        """:meth:`screen_answer` for a chat already normalised, so each request is normalised once."""
+        decisions, texts = screen(self, [chat], [decision], [answer], options)
         if decisions[0].stage == "output":
             self.audit.record(decisions[0], chat, kind="output")
         return GuardedResult(texts[0], decisions[0])

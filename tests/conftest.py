@@ -10,11 +10,16 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from importlib import resources
 from types import ModuleType
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable  # Python 3.11+; annotations only
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,14 +40,24 @@ def demo_policy_text() -> str:
     return resources.files("eco_guard.demo").joinpath("france.yaml").read_text(encoding="utf-8")
 
 
-@pytest.fixture(scope="session")
-def demo_guard_dir(tmp_path_factory: pytest.TempPathFactory, demo_policy_text: str) -> Path:
+def fitted_guard_dir(tmp_path_factory: pytest.TempPathFactory, name: str, policy_files: Sequence[Traversable]) -> Path:
+    """Fit a guard exactly as `eco-guard fit` does, in a fresh temp dir ``name``.
+
+    ``policy_files`` are the policy first, then the data files it names; they are copied
+    next to each other so the policy's relative paths resolve. Returns the guard dir.
+    """
     from eco_guard.fitting import fit_guard
 
-    work = tmp_path_factory.mktemp("demo")
-    (work / "france.yaml").write_text(demo_policy_text, encoding="utf-8")
-    fit_guard(work / "france.yaml", work / "guard", seed=0, progress=False)
+    work = tmp_path_factory.mktemp(name)
+    for f in policy_files:
+        (work / f.name).write_bytes(f.read_bytes())
+    fit_guard(work / policy_files[0].name, work / "guard", seed=0, progress=False)
     return work / "guard"
+
+
+@pytest.fixture(scope="session")
+def demo_guard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fitted_guard_dir(tmp_path_factory, "demo", [resources.files("eco_guard.demo").joinpath("france.yaml")])
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from eco_guard.output.stage import complete_sentences
-from tests.conftest import benchmark_module
+from tests.conftest import benchmark_module, fitted_guard_dir
 
 DATA = Path(__file__).parent / "data" / "einstein"
 
@@ -31,13 +30,7 @@ LEAK = (
 
 @pytest.fixture(scope="session")
 def einstein_guard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from eco_guard.fitting import fit_guard
-
-    work = tmp_path_factory.mktemp("einstein")
-    for f in DATA.iterdir():
-        shutil.copy(f, work / f.name)
-    fit_guard(work / "policy.yaml", work / "guard", seed=0, progress=False)
-    return work / "guard"
+    return fitted_guard_dir(tmp_path_factory, "einstein", [DATA / "policy.yaml", DATA / "forget.jsonl", DATA / "retain.jsonl"])
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -153,11 +153,49 @@ def _sentences(pieces: Iterable[str]) -> Iterator[str]:
         yield buffer
 
 
+async def _asentences(pieces: AsyncIterable[str]) -> AsyncIterator[str]:
+    """Async twin of :func:`_sentences`."""
+    buffer = ""
+    async for piece in pieces:
+        done, buffer = complete_sentences(buffer + piece)
+        for sentence in done:
+            yield sentence
+    if buffer:
+        yield buffer
+
+
+def _close(*streams: object) -> None:
+    """Stop streams that are no longer read (the model stops generating); plain iterators are just dropped."""
+    for stream in streams:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+async def _aclose(*streams: object) -> None:
+    """Async twin of :func:`_close`."""
+    for stream in streams:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 def _trip(guard: Guard, chat: Messages, decision: Decision, answer: str) -> Decision | None:
     """The caught decision when ``answer`` (so far) reveals a target, else None."""
     assert guard.answers is not None
     verdict = guard.answers.check([answer])[0]
     return caught(decision, verdict, guard, chat) if verdict.flagged else None
+
+
+def _still_reveals(guard: Guard, answer: str) -> bool:
+    """Whether a corrupted re-answer (so far) still reveals a target."""
+    return guard.answers is not None and guard.answers.check([answer])[0].flagged
+
+
+def _refusal_instead(guard: Guard, chat: Messages, final: Decision) -> str:
+    """The refusal that replaces a re-answer that still reveals the target; audited as refused."""
+    guard.audit.record(refused(final), chat, kind="output")
+    return guard.rule(final.target or "").refusal
 
 
 def screen_stream(
@@ -185,9 +223,7 @@ def screen_stream(
             yield sentence
             yield from sentences
             return
-        close = getattr(pieces, "close", None)
-        if close is not None:
-            close()
+        _close(sentences, pieces)
         yield from _replacement(guard, chat, final, options)
         return
 
@@ -201,13 +237,11 @@ def _replacement(guard: Guard, chat: Messages, final: Decision, options: Generat
         return
     emitted = ""
     pieces = iter(guard.runner.stream(route.row(chat), options))
-    for sentence in _sentences(pieces):
-        if guard.answers is not None and guard.answers.check([emitted + sentence])[0].flagged:
-            close = getattr(pieces, "close", None)
-            if close is not None:
-                close()
-            guard.audit.record(refused(final), chat, kind="output")
-            yield guard.rule(final.target or "").refusal
+    sentences = _sentences(pieces)
+    for sentence in sentences:
+        if _still_reveals(guard, emitted + sentence):
+            _close(sentences, pieces)
+            yield _refusal_instead(guard, chat, final)
             return
         emitted += sentence
         yield sentence
@@ -221,57 +255,40 @@ async def ascreen_stream(
         async for piece in pieces:
             yield piece
         return
-    emitted, buffer = "", ""
-    final: Decision | None = None
-    async for piece in pieces:
-        done, buffer = complete_sentences(buffer + piece)
-        for k, sentence in enumerate(done):
-            final = _trip(guard, chat, decision, emitted + sentence)
-            if final is not None:
-                buffer = "".join(done[k:]) + buffer
-                break
+    emitted = ""
+    sentences = _asentences(pieces)
+    async for sentence in sentences:
+        final = _trip(guard, chat, decision, emitted + sentence)
+        if final is None:
             emitted += sentence
             yield sentence
-        if final is not None:
-            break
-    else:
-        if buffer:
-            final = _trip(guard, chat, decision, emitted + buffer)
-            if final is None:
-                yield buffer
-    if final is None:
-        return
-    guard.audit.record(final, chat, kind="output")
-    if final.action == "flag":
-        yield buffer
-        async for piece in pieces:
+            continue
+        guard.audit.record(final, chat, kind="output")
+        if final.action == "flag":
+            yield sentence
+            async for rest in sentences:
+                yield rest
+            return
+        await _aclose(sentences, pieces)
+        async for piece in _areplacement(guard, chat, final, options):
             yield piece
         return
-    aclose = getattr(pieces, "aclose", None)
-    if aclose is not None:
-        await aclose()
+
+
+async def _areplacement(guard: Guard, chat: Messages, final: Decision, options: GenerationOptions) -> AsyncIterator[str]:
+    """Async twin of :func:`_replacement`; loading the model (first use) happens off the loop."""
     route = guard.route(final)
     if route.refusal is not None:
         yield route.refusal
         return
     runner = await asyncio.to_thread(lambda: guard.runner)
-    emitted, buffer = "", ""
-    stream = runner.astream(route.row(chat), options)
-    async for piece in stream:
-        done, buffer = complete_sentences(buffer + piece)
-        for sentence in done:
-            if guard.answers is not None and guard.answers.check([emitted + sentence])[0].flagged:
-                aclose_replacement = getattr(stream, "aclose", None)
-                if aclose_replacement is not None:
-                    await aclose_replacement()
-                guard.audit.record(refused(final), chat, kind="output")
-                yield guard.rule(final.target or "").refusal
-                return
-            emitted += sentence
-            yield sentence
-    if buffer:
-        if guard.answers is not None and guard.answers.check([emitted + buffer])[0].flagged:
-            guard.audit.record(refused(final), chat, kind="output")
-            yield guard.rule(final.target or "").refusal
-        else:
-            yield buffer
+    emitted = ""
+    pieces = runner.astream(route.row(chat), options)
+    sentences = _asentences(pieces)
+    async for sentence in sentences:
+        if _still_reveals(guard, emitted + sentence):
+            await _aclose(sentences, pieces)
+            yield _refusal_instead(guard, chat, final)
+            return
+        emitted += sentence
+        yield sentence
