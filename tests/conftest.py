@@ -86,7 +86,7 @@ def benchmark_module(name: str) -> ModuleType:
         sys.path.pop(0)
 
 
-FITTING_FIXTURES = frozenset({"fitted", "demo_guard_dir", "example_guard_dir", "guard"})
+FITTING_FIXTURES = frozenset({"fitted", "demo_guard_dir", "example_guard_dir", "guard", "einstein_guard_dir"})
 """Fixtures that fit a classifier (``guard`` in test_detection and the integration tests
 fits one too); a test that uses any of them, however indirectly, is marked ``fits``."""
 
