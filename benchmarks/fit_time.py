@@ -5,7 +5,8 @@ first with an empty fit cache (``fresh``: clean answers and strength searches co
 then again (``warm``: both reused). The model and encoder caches are warm in both, as
 after ``make install`` and one first run. Policies:
 
-- ``demo``: the bundled demo policy (``eco_guard/demo/france.yaml``);
+- ``demo``: the bundled demo policy (``eco_guard/demo/france.yaml``), whose strength is
+  pinned to what the search finds for it; ``demo, strength: auto`` runs that search;
 - ``one person (prompt|entities)``: eight questions about William Shakespeare with
   answers (``benchmarks/data/shakespeare/``, written for this benchmark), ten retain
   questions about other people, ``strength: auto``, each corruption scope;
@@ -77,9 +78,15 @@ def person_policy(work: Path, scope: str) -> Path:
     return path
 
 
-def demo_policy(work: Path) -> Path:
-    path = work / "france.yaml"
-    path.write_text(resources.files("eco_guard.demo").joinpath("france.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+def demo_policy(work: Path, *, auto: bool = False) -> Path:
+    """The bundled demo policy; ``auto``: with its pinned strength put back to ``auto`` (the search it pins)."""
+    text = resources.files("eco_guard.demo").joinpath("france.yaml").read_text(encoding="utf-8")
+    if auto:
+        pinned = [line for line in text.splitlines() if line.strip().startswith("strength:")]
+        assert len(pinned) == 1, "the demo policy pins one strength"
+        text = text.replace(pinned[0], pinned[0].split(":")[0] + ": auto")
+    path = work / ("france-auto.yaml" if auto else "france.yaml")
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -103,7 +110,7 @@ def e1_policy(work: Path, scope: str) -> Path:
     authors = _json_rows(DATA / "tofu" / "real_authors.json")
     facts = _json_rows(DATA / "tofu" / "world_facts.json")
     forget = [{"question": r["question"], "answer": r["answer"]} for r in authors[:50]]
-    return _policy(work, "real-authors", forget, [r["question"] for r in facts[:59]], scope=scope, metric="answer_recall", goal=0.0)
+    return _policy("default", 576, work, "real-authors", forget, [r["question"] for r in facts[:59]], scope=scope, metric="answer_recall", goal=0.0)
 
 
 def timed_fit(policy: Path, out: Path) -> dict[str, Any]:
@@ -235,7 +242,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (one: two threads on a busy 2-core machine ran several times slower)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (one: two threads on a busy 2-core machine ran several times slower; the CLI uses torch's default)")
     ap.add_argument("--skip-d3", action="store_true")
     ap.add_argument("--skip-e1", action="store_true")
     ap.add_argument("--skip-cli", action="store_true")
@@ -265,6 +272,9 @@ def main() -> int:
         work, fits = Path(tmp), Path(tmp) / "fits"
         (work / "demo").mkdir()
         rows.append(fresh_and_warm("demo", demo_policy, work / "demo", fits))
+        save()
+        (work / "demo-auto").mkdir()
+        rows.append(fresh_and_warm("demo, strength: auto", lambda w: demo_policy(w, auto=True), work / "demo-auto", fits))
         save()
         if not args.skip_cli:
             result["cli"] = cli_rows(work, fits, work / "demo" / "guard-fresh")

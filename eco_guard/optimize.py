@@ -11,15 +11,16 @@ to confirm, and predicts everything else from teacher-forced scores.
    happen (the unknown ones stay unanswered under corruption).
 2. **Predict on a grid, without generating.** The strengths are :attr:`SearchConfig.grid`
    points spaced evenly in log-strength over ``[default / SPAN, default * SPAN]``, the
-   documented default in the middle. At each, one batched forward pass per chunk of rows
+   documented default in the middle. At each point scored, one batched forward pass per chunk of rows
    scores each row's clean answer, up to the end of the gold answer in it (its *cut*), as
    the reply to the corrupted prompt (:meth:`~eco_guard.runner.embedding_runner.EmbeddingRunner.score_continuations`).
    A row is predicted to still recall when greedy decoding would reproduce that prefix
    token for token (every token is the argmax: then the corrupted greedy answer contains
    the gold answer exactly as the clean one did), or when the prefix stays nearly as
    likely as without corruption (mean token log-prob within :data:`RECALL_DROP` nats):
-   the model may then say the same fact in other words. The scan goes up the grid and
-   stops at the first strength predicted to meet the objective (early stop).
+   the model may then say the same fact in other words. The prediction falls as the
+   strength grows, so a bisection of the grid, starting at the default, finds the weakest
+   point predicted to meet the objective in about log2(grid) scored points (4 of 9).
 3. **Confirm by generating.** The answers are generated at the predicted point plus
    :attr:`SearchConfig.margin` grid steps (serving draws fresh noise per request, so the
    chosen point keeps a margin). Measured there: the objective, fluency and loops (below).
@@ -107,7 +108,7 @@ SPAN = 10.0
 #: nats of mean token log-prob under corruption (e^-0.7: about half as likely per token)
 RECALL_DROP = 0.7
 #: bump when the search returns something else for the same inputs (it keys cached results)
-SEARCH_VERSION = 3
+SEARCH_VERSION = 4
 
 WHAT_TO_TRY_OBJECTIVE = (
     "scope: prompt (corrupt the whole question, not only its names), more corrupted dims "
@@ -126,7 +127,8 @@ class SearchConfig:
     grid: int = 9  # log-spaced strengths over [default / SPAN, default * SPAN]; odd puts the default in the middle
     max_items: int = 12  # rows (known questions) the search measures
     max_new_tokens: int = 24  # of the clean and the confirming answers
-    batch_size: int = 8  # rows per generate or scoring call, across all targets searched together
+    batch_size: int = 16  # rows per scoring call, across all targets searched together
+    generate_batch: int = 32  # rows per generate call: on a CPU a decode step costs nearly the same for 8 rows or 32
     margin: int = 1  # grid steps above the first point predicted to meet the objective
     confirm: int = 4  # most strengths generated to confirm
     progress: bool = True
@@ -389,7 +391,7 @@ def search_strengths(
 
     Each search runs until it needs answers or scores; the driver then computes every
     waiting search's rows together (grouped by kind, mask and decoding options,
-    ``config.batch_size`` rows a call) and resumes each with its own. Clean answers come
+    ``config.batch_size`` rows a scoring call, ``config.generate_batch`` a generate call) and resumes each with its own. Clean answers come
     from ``cache`` when it has them. One progress bar counts evaluated strengths.
     """
     from tqdm import tqdm
@@ -412,12 +414,13 @@ def search_strengths(
             asked = dict(waiting)
             waiting.clear()
             groups: dict[tuple[Any, ...], list[int]] = {}
-            for i, req in asked.items():
-                kind = (type(req).__name__, req.mask, getattr(req, "options", None))
+            for i, req in asked.items():  # each row keeps its own target's mask: targets share batches
+                kind = (type(req).__name__, getattr(req, "options", None))
                 groups.setdefault(kind, []).append(i)
             for ids in groups.values():
                 rows = [(i, k) for i in ids for k in range(len(asked[i].chats))]
-                values = _compute(runner, [asked[i] for i in ids], rows, ids, config.batch_size, cache)
+                size = config.generate_batch if isinstance(asked[ids[0]], _Answers) else config.batch_size
+                values = _compute(runner, [asked[i] for i in ids], rows, ids, size, cache)
                 at = 0
                 for i in ids:
                     n = len(asked[i].chats)
@@ -443,7 +446,11 @@ def _compute(
     batch_size: int,
     cache: FitCache | None,
 ) -> list[Any]:
-    """One group's rows (same kind, mask and options), ``batch_size`` a call; clean answers from ``cache``."""
+    """One group's rows (same kind and options), ``batch_size`` a call; clean answers from ``cache``.
+
+    Rows are batched in order of length, so a batch pads little, whichever targets its
+    rows come from; each row is corrupted under its own target's mask.
+    """
     by_id = dict(zip(ids, requests))
     first = requests[0]
     out: list[Any] = [None] * len(rows)
@@ -458,11 +465,15 @@ def _compute(
                 todo.append(n)
             else:
                 out[n] = hit
+
+    def length(n: int) -> int:
+        req, k = by_id[rows[n][0]], rows[n][1]
+        return len(req.chats[k][-1]["content"]) + (4 * len(req.replies[k]) if isinstance(req, _Scores) else 0)
+
+    todo.sort(key=length)  # stable: equal lengths keep their order, so batches are deterministic
     for b in range(0, len(todo), batch_size):
         part = todo[b : b + batch_size]
-        chats = [by_id[rows[n][0]].chats[rows[n][1]] for n in part]
-        corrs = [by_id[rows[n][0]].corruptions[rows[n][1]] for n in part]
-        batch = [GenerationRow(chat, corr, first.mask) for chat, corr in zip(chats, corrs)]
+        batch = [GenerationRow(by_id[i].chats[k], by_id[i].corruptions[k], by_id[i].mask) for i, k in (rows[n] for n in part)]
         if isinstance(first, _Answers):
             got: list[Any] = runner.generate(batch, first.options)
         else:
@@ -542,7 +553,7 @@ def _search(runner: Scorer, job: SearchJob, config: SearchConfig, evaluated: Cal
             return abs(value - target) <= 0.5 / max(len(rows), 1) + 1e-12
         return value <= target + 1e-12
 
-    # --- step 2: predict up the grid from teacher-forced scores, stop at the first that meets the goal
+    # --- step 2: predict from teacher-forced scores where on the grid the objective is first met
     if kind == "mc_accuracy":
         for j, s in enumerate(strengths):
             predicted[j] = probe.mc_accuracy(s)
@@ -557,15 +568,21 @@ def _search(runner: Scorer, job: SearchJob, config: SearchConfig, evaluated: Cal
         scorable = [k for k, rep in enumerate(replies) if rep]
         replies = [rep or [runner.tokenizer.eos_token_id or 0] for rep in replies]
         base_scores = yield probe.scores(None, replies)
-        first = None
-        for j, s in enumerate(strengths):
-            got = yield probe.scores(s, replies)
+        # bisection for the weakest grid point predicted to meet the objective, starting at
+        # the documented default in the middle: the prediction falls as the strength grows,
+        # so about log2(grid) scored points find it where a scan up the grid took up to all
+        lo, hi = -1, len(strengths)  # lo: known (or taken) to miss; hi: first known to meet
+        while hi - lo > 1:
+            j = (lo + hi) // 2
+            got = yield probe.scores(strengths[j], replies)
             predicted[j] = scale * _predicted_recall([got[k] for k in scorable], [base_scores[k] for k in scorable])
             result.n_scored += 1
             evaluated(1)
             if meets(predicted[j]):
-                first = j
-                break
+                hi = j
+            else:
+                lo = j
+        first = hi if hi < len(strengths) else None
         pick = min((first if first is not None else len(strengths) - 1) + config.margin, len(strengths) - 1)
 
     # --- step 3: confirm by generating; step up on a missed objective, down on broken fluency

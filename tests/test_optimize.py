@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,37 @@ def test_teacher_forced_scores_agree_with_greedy_generation(runner) -> None:
     noisy_rows = [GenerationRow(q, Corruption("rand_noise_first_n", 576, 2.7, 1)) for q in QUESTIONS[:2]]
     noisy = runner.score_continuations(noisy_rows, ids)
     assert sum(sum(s.logprobs) for s in noisy) < sum(sum(s.logprobs) for s in scores)
+
+
+@pytest.mark.slow
+def test_batched_scores_with_a_shared_header_match_each_row_scored_alone(runner) -> None:
+    """Rows of different targets share a scoring batch and their system header's prefill; nothing else changes."""
+    import eco_guard.runner.embedding_runner as embedding_runner
+    from eco_guard.runner.base import GenerationOptions, GenerationRow, bare_rows
+
+    ids = runner.generate_ids(bare_rows(QUESTIONS), GenerationOptions(max_new_tokens=8))
+    rows = [
+        GenerationRow(QUESTIONS[0], Corruption("rand_noise_first_n", 576, 0.5, 1)),
+        GenerationRow(QUESTIONS[1], None),
+        GenerationRow(QUESTIONS[2], Corruption("rand_noise_first_n", 64, 2.0, 2), MaskSpec(scope="entities", terms=("Italy",))),
+    ]
+    prompts = [runner.prepare(r.messages, r.mask) for r in rows]
+    assert embedding_runner._shared_prefix(prompts, rows) >= embedding_runner.MIN_SHARED_PREFIX  # the header is shared
+    together = runner.score_continuations(rows, ids)
+    alone = [runner.score_continuations([r], [i])[0] for r, i in zip(rows, ids)]
+    for t, a in zip(together, alone):
+        assert t.greedy == a.greedy
+        assert t.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_search_bisects_the_grid(runner) -> None:
+    """The prediction falls with strength, so the weakest point that meets it is found in about log2(grid) scores."""
+    config = replace(TINY, grid=9)
+    result = search_strength(runner, QUESTIONS, ANSWERS, Corruption("rand_noise_first_n", dims=576, strength=0.27, seed=7), MaskSpec(), config=config)
+    assert 1 <= result.n_scored <= math.ceil(math.log2(config.grid + 1))
+    predicted = sorted((p.strength, p.predicted) for p in result.curve if p.predicted is not None)
+    assert len(predicted) == result.n_scored
 
 
 @pytest.mark.slow

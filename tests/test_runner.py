@@ -409,10 +409,11 @@ def _tiny_loop_runner_class():
         def embed(self, ids: torch.Tensor) -> torch.Tensor:
             return self.model.get_input_embeddings()(ids)
 
-        def logits(self, embeds: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor:
+        def logits(self, embeds: torch.Tensor, attention: torch.Tensor | None, keep: int = 0, past: object | None = None) -> torch.Tensor:
+            assert past is None  # no prefill here: callers run every position
             with torch.inference_mode():
                 positions = None if attention is None else (attention.cumsum(-1) - 1).clamp(min=0)
-                return self.model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions).logits
+                return self.model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, logits_to_keep=keep).logits
 
         @torch.inference_mode()
         def _decode(self, batch: EmbeddedBatch, options: GenerationOptions, on_step: Callable[[list[int]], None], stop=None) -> list[list[int]]:

@@ -33,6 +33,26 @@ from .templating import ChatFormat
 Emit = Callable[[tuple[str, Any]], None]
 
 
+#: shared leading positions below this are run with every row (a prefill costs a pass of its own)
+MIN_SHARED_PREFIX = 8
+
+
+def _shared_prefix(prompts: Sequence[PreparedPrompt], rows: Sequence[GenerationRow]) -> int:
+    """Leading positions every row has alike: same token, never corrupted (a system header).
+
+    At most the shortest prompt's length less one, so every row keeps the position that
+    predicts its reply's first token.
+    """
+    limit = min(len(p.input_ids) for p in prompts) - 1
+    ids0 = prompts[0].input_ids
+    n = 0
+    while n < limit and all(
+        p.input_ids[n] == ids0[n] and not (r.corruption is not None and p.mask[n]) for p, r in zip(prompts, rows)
+    ):
+        n += 1
+    return n
+
+
 @dataclass(frozen=True)
 class ContinuationScores:
     """Teacher-forced scores of a reply's tokens (:meth:`EmbeddingRunner.score_continuations`)."""
@@ -93,8 +113,28 @@ class EmbeddingRunner(ABC):
         return early once ``stop`` is set. Runs in a worker thread."""
 
     @abstractmethod
-    def logits(self, embeds: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor:
-        """One forward pass: next-token logits ``[batch, n, vocab]`` for each position."""
+    def logits(
+        self, embeds: torch.Tensor, attention: torch.Tensor | None, keep: int = 0, past: object | None = None
+    ) -> torch.Tensor:
+        """One forward pass: next-token logits ``[batch, n, vocab]`` for each position.
+
+        ``keep > 0``: only the last ``keep`` positions' logits (``[batch, keep, vocab]``).
+        Scoring a reply needs only the reply's positions, and the vocabulary projection of
+        the prompt's is a fifth of a small model's forward pass (plus a logits tensor of
+        batch x width x vocab floats), all of it thrown away.
+
+        ``past``: a :meth:`prefill` state of positions every row shares; ``embeds`` are then
+        the positions after them and ``attention`` covers both.
+        """
+
+    def prefill(self, embeds: torch.Tensor) -> object | None:
+        """The model's state after ``embeds`` ``[1, n, hidden]``, for :meth:`logits` to go on from.
+
+        Scoring many replies to one prompt (fluency, multiple choice), or many prompts
+        behind one system header, then computes the shared positions once instead of once
+        per row. None (this default) means the backend cannot, and callers run every position.
+        """
+        return None
 
     # ------------------------------------------------------------------ preparation
 
@@ -227,21 +267,25 @@ class EmbeddingRunner(ABC):
             if all(len(ids) == 1 for ids in choice_ids):
                 # One-token choices (multiple-choice letters): the prompt's last position
                 # predicts them all, so one forward pass replaces one per choice.
-                last = torch.log_softmax(self.logits(p_emb, None)[0, -1].float(), dim=-1)
+                last = torch.log_softmax(self.logits(p_emb, None, keep=1)[0, -1].float(), dim=-1)
                 return [float(last[ids[0]]) for ids in choice_ids]
             width = max(len(ids) for ids in choice_ids)
+            # every choice follows the same (corrupted) prompt: its positions but the last run once
+            past = self.prefill(p_emb[:, :-1]) if n_prompt > 1 else None
+            head = p_emb[0] if past is None else p_emb[0, -1:]
             rows, masks = [], []
             for ids in choice_ids:
                 padded = ids + [self.pad_id] * (width - len(ids))
                 c_emb = self.embed(torch.tensor([padded], device=self.device))
-                rows.append(torch.cat([p_emb[0], c_emb[0]], dim=0))
+                rows.append(torch.cat([head, c_emb[0]], dim=0))
                 am = torch.zeros(n_prompt + width, dtype=torch.long, device=self.device)
                 am[: n_prompt + len(ids)] = 1
                 masks.append(am)
-            logp = torch.log_softmax(self.logits(torch.stack(rows), torch.stack(masks)).float(), dim=-1)
+            keep = width + 1  # the prompt's last position predicts each choice's first token
+            logp = torch.log_softmax(self.logits(torch.stack(rows), torch.stack(masks), keep=keep, past=past).float(), dim=-1)
             scores: list[float] = []
             for b, ids in enumerate(choice_ids):
-                positions = torch.arange(n_prompt - 1, n_prompt - 1 + len(ids), device=self.device)
+                positions = torch.arange(0, len(ids), device=self.device)
                 token_lp = logp[b, positions, torch.tensor(ids, device=self.device)]
                 total = float(token_lp.sum())
                 scores.append(total / len(ids) if reduction == "mean" else total)
@@ -274,18 +318,23 @@ class EmbeddingRunner(ABC):
         out: list[ContinuationScores] = []
         with torch.inference_mode():
             pad_vec = self.embed(torch.tensor([[self.pad_id]], device=self.device))[0]
+            full = [corrupted_row(self.embed, p, r.corruption, self.device) for p, r in zip(prompts, rows)]
+            shared = _shared_prefix(prompts, rows)
+            past = self.prefill(full[0][:, :shared]) if shared >= MIN_SHARED_PREFIX else None
+            skip = shared if past is not None else 0
             embeds, masks = [], []
-            for p, c, r in zip(prompts, conts, rows):
-                p_emb = corrupted_row(self.embed, p, r.corruption, self.device)
+            for p, c, p_emb in zip(prompts, conts, full):
                 c_emb = self.embed(torch.tensor([c], device=self.device))
                 used = len(p.input_ids) + len(c)
-                embeds.append(torch.cat([p_emb[0], c_emb[0], pad_vec.expand(width - used, -1)], dim=0))
+                embeds.append(torch.cat([p_emb[0, skip:], c_emb[0], pad_vec.expand(width - used, -1)], dim=0))
                 am = torch.zeros(width, dtype=torch.long, device=self.device)
                 am[:used] = 1
                 masks.append(am)
-            logits = self.logits(torch.stack(embeds), torch.stack(masks))
+            # right-padded: the positions from the shortest prompt's last token on hold every reply
+            first = min(len(p.input_ids) for p in prompts) - 1
+            logits = self.logits(torch.stack(embeds), torch.stack(masks), keep=width - first, past=past)
             for b, (p, c) in enumerate(zip(prompts, conts)):
-                start = len(p.input_ids) - 1
+                start = len(p.input_ids) - 1 - first
                 step = logits[b, start : start + len(c)].float()
                 target = torch.tensor(c, device=self.device)
                 logp = torch.log_softmax(step, dim=-1).gather(-1, target[:, None])[:, 0]

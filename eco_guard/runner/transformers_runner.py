@@ -7,6 +7,7 @@ through :class:`~eco_guard.runner.embedding_runner.EmbeddingRunner`.
 
 from __future__ import annotations
 
+import copy
 import threading
 import warnings
 from collections.abc import Callable
@@ -180,6 +181,20 @@ class TransformersRunner(EmbeddingRunner):
                 **self._gen_kwargs(options, batch.corrupted_rows),
             )
 
-    def logits(self, embeds: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor:
+    def logits(
+        self, embeds: torch.Tensor, attention: torch.Tensor | None, keep: int = 0, past: object | None = None
+    ) -> torch.Tensor:
         with torch.inference_mode():
-            return self.model(inputs_embeds=embeds, attention_mask=attention).logits
+            cache = None
+            if past is not None:
+                cache = copy.deepcopy(past)  # the forward pass appends to it; the prefill stays reusable
+                cache.batch_repeat_interleave(embeds.shape[0])  # type: ignore[attr-defined]
+            out = self.model(
+                inputs_embeds=embeds, attention_mask=attention, cache=cache, use_cache=cache is not None, logits_to_keep=keep
+            )
+            return out.logits
+
+    def prefill(self, embeds: torch.Tensor) -> object | None:
+        """The KV cache after ``embeds``: transformers' own cache object, grown by :meth:`logits`."""
+        with torch.inference_mode():
+            return self.model(inputs_embeds=embeds, use_cache=True).cache
