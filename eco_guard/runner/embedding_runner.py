@@ -4,7 +4,8 @@
 on top of four backend methods: :meth:`~EmbeddingRunner.embed` (token ids to the
 embeddings the model consumes), :meth:`~EmbeddingRunner.generate_embeds` and
 :meth:`~EmbeddingRunner.stream_embeds` (decoding from ``inputs_embeds``), and
-:meth:`~EmbeddingRunner.logits` (one forward pass, for scoring choices). Templating,
+:meth:`~EmbeddingRunner.logits` (one forward pass, for scoring choices), and optionally
+:meth:`~EmbeddingRunner.prefill` (a KV state of positions a scoring batch shares). Templating,
 masking, building and corrupting the rows, the loop guard's row list, length checks,
 stop strings, text streaming and the async twins are all here, so a GPU backend fed
 with ``prompt_embeds`` adds only those four.
