@@ -358,12 +358,11 @@ def _context_names(extracted: Sequence[str], given: Sequence[str], examples: Seq
     only in an answer that names no one else.
     """
     names = list(dict.fromkeys([*given, *extracted]))
-    seen = {n: frozenset(k for k, text in enumerate(examples) if _name_matcher([n]).search(text)) for n in names}
-    return [
-        n
-        for n in extracted
-        if seen[n] and any(m != n and n not in m and seen[n] < seen[m] for m in names)
-    ]
+    seen: dict[str, frozenset[int]] = {}
+    for name in names:
+        pattern = _name_matcher([name])
+        seen[name] = frozenset(k for k, text in enumerate(examples) if pattern.search(text))
+    return [n for n in extracted if seen[n] and any(m != n and n not in m and seen[n] < seen[m] for m in names)]
 
 
 def _identifying(name: str) -> bool:
