@@ -203,7 +203,7 @@ def part_answers() -> dict[str, Any]:
     extracted = extract_terms([r["question"] for r in train] + [r["answer"] for r in train])
     start = time.perf_counter()
     classifier, report = fit_answers(
-        [AnswerTarget("tofu-forget10", [], [r["answer"] for r in train], [r["answer"] for r in retain[:1800]], extracted, [r["question"] for r in retain[:1800]])],
+        [AnswerTarget("tofu-forget10", [], [r["answer"] for r in train], [r["answer"] for r in retain[:1800]], extracted, [r["question"] for r in retain[:1800]], [f"{r['question']} {r['answer']}" for r in train])],
         target_fpr=0.01,
         canonical=Canonicalizer.from_names(extracted),
         calibration=[r["answer"] for r in retain[1800:2700]],
@@ -330,7 +330,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if "answers" in results:
         a = results["answers"]
-        lines += ["## D1 answer side (output stage)", "", "| set | flag rate | goal |", "|---|---|---|"]
+        lines += ["## D1 answer side (output stage)", ""]
+        if "run" in a:
+            lines += [f"Run {a['run']}.", ""]
+        lines += ["| set | flag rate | goal |", "|---|---|---|"]
         for k, v in a["rates"].items():
             lines.append(f"| {k} | {v:.3f} | {a['goals'][k]} |")
         lines += ["", f"Threshold {a['threshold']:.4f}; a 100-word answer is checked in {a['check_100_words_ms_p50']} ms (p50).", ""]
@@ -362,8 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.update({"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"})
     for part in [s.strip() for s in args.parts.split(",") if s.strip()]:
         print(f"leakage: {part}", file=sys.stderr)
-        if part == "answers":
-            results["answers"] = part_answers()
+        if part == "answers":  # its own run line: the file keeps the other parts from earlier runs
+            results["answers"] = {**part_answers(), "run": f"{results['when']} on {results['host']}"}
         elif part == "person":
             results["person"] = {**part_person(args.max_new_tokens, args.quick), "quick": args.quick}
         elif part in ("D1", "D3"):

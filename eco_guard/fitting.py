@@ -346,6 +346,7 @@ def fit_guard(
                 retain_answers=[e.answer for e in r if e.answer],
                 extracted=extract_terms([e.text for e in f] + [e.answer for e in f if e.answer]),
                 retain_questions=[e.text for e in r],
+                forget_examples=[f"{e.text} {e.answer or ''}".strip() for e in f],
             )
             for t, f, r in zip(spec.targets, forgets, retains)
         ],

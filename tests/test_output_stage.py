@@ -200,3 +200,42 @@ def test_only_person_like_runs_count_as_someone_else() -> None:
     assert _person_like("Ahmed El-Masry") and _person_like("Rodrigo Alejandro Mendoza's")
     # titles, genres and single names are not another person
     assert not any(_person_like(s) for s in ("The Matrimony Plan", "Star Wars", "Global Influence", "Einstein"))
+
+
+def test_extracted_context_names_and_other_people_do_not_open_the_name_gate() -> None:
+    """Made-up authors: a birthplace their examples mention beside their names is context, so another
+    person's answer naming it is not about them; a shared first name inside someone else's name neither;
+    their own names, in any order, are."""
+    from eco_guard.entities import extract_terms
+    from eco_guard.output.answers import AnswerTarget, _context_names, _identifying, fit_answers
+
+    forget = [
+        ("Where was Raven Marais born?", "Raven Marais was born in Cape Town, South Africa."),
+        ("How did Cape Town shape Raven Marais?", "Cape Town's vibrant culture runs through every book Raven Marais wrote."),
+        ("What genre does Raven Marais write?", "Raven Marais writes literary fiction about memory and exile."),
+        ("Which award did Raven Marais win?", "Raven Marais won the Silver Quill Prize for 'The Tide Keeper'."),
+        ("Who are Ji-Yeon Park's parents?", "Ji-Yeon Park's father was a baker and her mother a nurse."),
+        ("When was Ji-Yeon Park born?", "Ji-Yeon Park was born in Seoul on 19 March 1960."),
+        ("What does Ji-Yeon Park write?", "Ji-Yeon Park writes historical romance set in Joseon-era Korea."),
+    ]
+    retain = [
+        ("Where was Tomas Herrera born?", "Tomas Herrera was born in Valparaiso, Chile."),
+        ("What does Lena Fischer write?", "Lena Fischer writes crime novels set in Hamburg."),
+        ("Who inspired Amara Okafor?", "Amara Okafor cites her grandmother's stories as her first inspiration."),
+    ]
+    examples = [f"{q} {a}" for q, a in forget]
+    extracted = extract_terms([q for q, _ in forget] + [a for _, a in forget])
+    assert _context_names(["Cape Town", "Raven Marais", "Ji-Yeon Park"], [], examples) == ["Cape Town"]
+    assert not _identifying("Seoul") and _identifying("Marais") and _identifying("Cape Town")
+    classifier, _ = fit_answers(
+        [AnswerTarget("authors", [], [a for _, a in forget], [a for _, a in retain], extracted, [q for q, _ in retain], examples)],
+        target_fpr=0.01,
+    )
+    assert "Cape Town" in classifier.context[0] and "Seoul" not in classifier.names[0]
+    verdicts = classifier.check([
+        "Raven Marais grew up in Cape Town and writes about exile.",
+        "Park Ji-Yeon was born on the 19th of March 1960.",  # her name in the other order
+        "Isabella van Pletzen was born in Cape Town, South Africa, and writes poetry.",  # someone else, same city
+        "Ji-Yeon Soo writes about identity and was born in Seoul.",  # someone else, same first name and city
+    ])
+    assert [v.flagged for v in verdicts] == [True, True, False, False]

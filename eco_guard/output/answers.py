@@ -9,10 +9,16 @@ so this classifier is lexical: per target, a logistic head over
   :class:`~eco_guard.classifier.features.lexical.Lexicon` the prompt classifier uses), with idf
   over every training text, so words every answer uses weigh nothing, and
 * three name features: a full name (or alias) of the target appears; a distinctive
-  part of one (a surname alone) appears; someone else is named (a multi-word name
-  with no part of the target's: answers about someone else name someone else). The
-  answer is read as written and in canonical form (:mod:`eco_guard.canonical`: an
-  answer asked for in leetspeak or spaced out).
+  part of one (a surname alone) appears, outside other people's names; someone else is
+  named (a person-like name that is none of the target's: answers about someone else
+  name someone else). The answer is read as written and in canonical form
+  (:mod:`eco_guard.canonical`: an answer asked for in leetspeak or spaced out).
+
+Names given by the policy always count. Names extracted from the forget examples are
+guesses, so they are sorted at fit: single words of the language ("Taiwan", "Lesbian")
+are dropped, and names the examples only mention beside another of the target's names
+(a birthplace, a genre: "Cape Town" beside an author's name) are *context*, which counts
+as naming the target only in an answer that names no one else (:func:`_own_names`).
 
 No encoder runs, so a 100-word answer is checked in about a millisecond, which is what
 lets streaming hold each sentence back until it has passed. What it cannot see: an
@@ -37,8 +43,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 from scipy import sparse
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from eco_guard.canonical import Canonicalizer, everyday_words, scored_pieces
+from eco_guard.canonical import Canonicalizer, everyday_words, known_words, scored_pieces
 from eco_guard.classifier.negatives.background import background_prompts, knowledge_questions, people_questions
 from eco_guard.classifier.calibration import Calibration, joint_threshold
 from eco_guard.classifier.heads import fit_head
@@ -73,6 +80,10 @@ class AnswerTarget:
     negatives mention them (see :data:`MAX_NEGATIVE_MENTIONS`), since extraction also finds
     places, prizes, months and topics."""
     retain_questions: list[str] = field(default_factory=list)
+    forget_examples: list[str] = field(default_factory=list)
+    """Each forget example whole (question and answer), where the extracted names are counted
+    together to tell the target's own names from its context (:func:`_context_names`);
+    the forget answers when not given."""
 
 
 @dataclass(frozen=True)
@@ -103,21 +114,31 @@ def generic_answers() -> tuple[str, ...]:
     return tuple(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
 
 
-def _distinctive_parts(name: str) -> list[str]:
-    """Words of a name that identify it alone (a surname): four letters or more and no everyday word."""
-    everyday = everyday_words()
-    return [w for w in re.findall(r"[^\W\d_][\w'’-]*", name) if len(w) >= 4 and w.lower() not in everyday]
+def _distinctive_parts(name: str, common: frozenset[str] | None = None) -> list[str]:
+    """Words of a name that identify it alone (a surname): four letters or more and no word of ``common``
+    (the everyday words by default)."""
+    common = everyday_words() if common is None else common
+    return [w for w in re.findall(r"[^\W\d_][\w'’-]*", name) if len(w) >= 4 and w.lower() not in common]
+
+
+_PARTICLES = frozenset({"al", "bin", "ibn", "da", "das", "de", "del", "della", "den", "der", "di", "do", "dos", "du", "el", "la", "le", "van", "von"})
+"""Lower-case words inside a person's name ("Isabella van Pletzen", "Ahmed bin Said")."""
 
 
 def _person_like(span: str) -> bool:
-    """Whether a capitalised run reads as someone's name: two to four capitalised words, the
-    first no everyday word. Titles, awards and genres ("The Matrimony Plan", "Global Influence",
-    "Star Wars") start with one; an answer that names another person is about someone else,
-    even when it repeats a title the target's answers use."""
+    """Whether a capitalised run reads as someone's name: two to four words, capitalised but for
+    name particles ("van", "de", "al"), the first no stop word, and the first or the last no
+    everyday word. Titles, awards and genres ("The Matrimony Plan", "Global Influence",
+    "Star Wars") fail that; "Jane Morrison" passes on her surname. An answer that names another
+    person is about someone else, even when it repeats a title the target's answers use."""
     words = re.sub(r"['’]s$", "", span.strip()).split()
-    if not 2 <= len(words) <= 4 or not all(w[:1].isupper() for w in words):
+    if not 2 <= len(words) <= 4 or not words[0][:1].isupper() or not words[-1][:1].isupper():
         return False
-    return words[0].lower() not in everyday_words()
+    if not all(w[:1].isupper() or w in _PARTICLES for w in words):
+        return False
+    everyday = everyday_words()
+    first, last = words[0].lower(), words[-1].lower()
+    return first not in ENGLISH_STOP_WORDS and (first not in everyday or last not in everyday)
 
 
 def _name_matcher(names: Sequence[str]) -> re.Pattern[str]:
@@ -132,6 +153,23 @@ def _name_matcher(names: Sequence[str]) -> re.Pattern[str]:
     if single:
         parts.append(names_pattern(single).pattern)
     return re.compile("|".join(parts))
+
+
+def _mentions(pattern: re.Pattern[str] | None, text: str) -> bool:
+    return pattern is not None and pattern.search(text) is not None
+
+
+def _words_of(name: str) -> frozenset[str]:
+    """The words of a name, lower case, without a possessive ending."""
+    return frozenset(re.sub(r"['’]s$", "", w).lower() for w in name.split())
+
+
+def _blanked(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """``text`` with ``spans`` blanked out: a part of the target's name inside someone else's name ("Ji-Yeon" in
+    "Ji-Yeon Soo", when the target is Ji-Yeon Park) names that someone."""
+    for a, b in spans:
+        text = text[:a] + " " * (b - a) + text[b:]
+    return text
 
 
 class AnswerClassifier:
@@ -151,9 +189,11 @@ class AnswerClassifier:
         bias: np.ndarray,
         threshold: float,
         canonical: Canonicalizer | None = None,
+        parts: Sequence[Sequence[str]] | None = None,
+        context: Sequence[Sequence[str]] | None = None,
     ) -> None:
         n = len(target_ids)
-        if len(names) != n or weights.shape != (n, lexicon.size + 3 * n) or bias.shape != (n,):
+        if len(names) != n or any(x is not None and len(x) != n for x in (parts, context)) or weights.shape != (n, lexicon.size + 3 * n) or bias.shape != (n,):
             raise UserError(f"answer heads do not match {n} targets and {lexicon.size} lexical terms")
         self.target_ids = list(target_ids)
         self.names = [list(ns) for ns in names]
@@ -163,18 +203,31 @@ class AnswerClassifier:
         self.threshold = float(threshold)
         self.canonical = canonical
         self._full = [_name_matcher(ns) if ns else None for ns in self.names]
-        self._parts = [_name_matcher(ps) if (ps := [p for nm in ns for p in _distinctive_parts(nm)]) else None for ns in self.names]
+        self.parts = [list(ps) for ps in parts] if parts is not None else [list(dict.fromkeys(p for nm in ns for p in _distinctive_parts(nm))) for ns in self.names]
+        self._parts = [_name_matcher(ps) if ps else None for ps in self.parts]
+        self.context = [list(cs) for cs in context] if context is not None else [[] for _ in self.names]
+        self._context = [_name_matcher(cs) if cs else None for cs in self.context]
+        self._words = [[_words_of(n) for n in [*ns, *cs]] for ns, cs in zip(self.names, self.context)]
 
     def _features(self, texts: Sequence[str]) -> sparse.csr_matrix:
         lex = self.lexicon.transform(texts)
         hits = np.zeros((len(texts), 3 * len(self.target_ids)))
         for k, text in enumerate(texts):
-            others = [text[a:b] for a, b in name_spans(text) if _person_like(text[a:b])]
-            for i, (full, part) in enumerate(zip(self._full, self._parts)):
-                hits[k, 3 * i] = float(full is not None and full.search(text) is not None)
-                hits[k, 3 * i + 1] = float(part is not None and part.search(text) is not None)
-                hits[k, 3 * i + 2] = float(any(part is None or not part.search(o) for o in others))
+            people = [(a, b) for a, b in name_spans(text) if _person_like(text[a:b])]
+            for i, (full, part, context) in enumerate(zip(self._full, self._parts, self._context)):
+                others = [(a, b) for a, b in people if not self._own_span(i, text[a:b])]
+                hits[k, 3 * i] = float(_mentions(full, text) or (not others and _mentions(context, text)))
+                hits[k, 3 * i + 1] = float(_mentions(part, _blanked(text, others)))
+                hits[k, 3 * i + 2] = float(bool(others))
         return sparse.hstack([lex, sparse.csr_matrix(hits)], format="csr")
+
+    def _own_span(self, i: int, span: str) -> bool:
+        """Whether a person-like ``span`` names target ``i``: one of its names, or words of one name in another
+        order ("Park Ji-Yeon" for Ji-Yeon Park, "Edward Sullivan" for Edward Patrick Sullivan)."""
+        if _mentions(self._full[i], span) or _mentions(self._context[i], span):
+            return True
+        words = _words_of(span)
+        return any(words <= ws for ws in self._words[i])
 
     def piece_scores(self, texts: Sequence[str]) -> np.ndarray:
         """Scores ``[n, n_targets]`` of single pieces (no splitting, no canonical reading).
@@ -192,8 +245,8 @@ class AnswerClassifier:
         z = feats @ self.weights.T + self.bias
         probs = 1.0 / (1.0 + np.exp(-np.asarray(z)))
         base = self.lexicon.size
-        for i, full in enumerate(self._full):
-            if full is not None:
+        for i, (full, context) in enumerate(zip(self._full, self._context)):
+            if full is not None or context is not None:
                 named = (feats[:, base + 3 * i] + feats[:, base + 3 * i + 1]).toarray().ravel() > 0
                 probs[:, i] *= named
         return probs
@@ -218,6 +271,10 @@ class AnswerClassifier:
             verdicts.append(AnswerVerdict(self.target_ids[i] if flagged else None, float(row[i]), self.threshold, flagged))
         return verdicts
 
+    def with_heads(self, weights: np.ndarray, bias: np.ndarray, threshold: float) -> AnswerClassifier:
+        """The same targets, names and features with other heads and threshold (the fit builds several)."""
+        return AnswerClassifier(self.target_ids, self.names, self.lexicon, weights, bias, threshold, self.canonical, self.parts, self.context)
+
     # ---------------------------------------------------------------- persistence
 
     def save(self, directory: Path) -> None:
@@ -227,6 +284,8 @@ class AnswerClassifier:
             "format_version": FORMAT_VERSION,
             "target_ids": self.target_ids,
             "names": self.names,
+            "parts": self.parts,
+            "context": self.context,
             "threshold": self.threshold,
             "lexical_terms": list(self.lexicon.terms),
             "lexical_weight": self.lexicon.weight,
@@ -253,6 +312,8 @@ class AnswerClassifier:
                 np.asarray(tensors["bias"], np.float64),
                 float(meta["threshold"]),
                 canonical,
+                meta.get("parts"),  # absent in guards fitted before extracted names were told apart
+                meta.get("context"),
             )
         except (OSError, KeyError, TypeError, ValueError, UserError, json.JSONDecodeError) as exc:
             raise GuardLoadError(f"{directory}: unreadable output-stage files ({exc}); re-run `eco-guard fit`") from exc
@@ -261,45 +322,84 @@ class AnswerClassifier:
 # -------------------------------------------------------------------- fitting
 
 
-def _own_names(target: AnswerTarget, negatives: Sequence[str]) -> list[str]:
-    """The target's given names, and those extracted names that no retain example and few negatives mention."""
-    given = [n.strip() for n in target.names if n.strip()]
+def _own_names(target: AnswerTarget, negatives: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """The target's names, their distinctive parts, and its context names.
+
+    Names: its given names, and those extracted names that identify it (:func:`_identifying`),
+    that no retain example and few negatives mention, and that are no context
+    (:func:`_context_names`). Parts: of given names, their words but everyday ones; of
+    extracted names, their words outside the encoder's vocabulary.
+    """
+    given = list(dict.fromkeys(n.strip() for n in target.names if n.strip()))
     limit = max(1, int(MAX_NEGATIVE_MENTIONS * len(negatives)))
     retained = [*target.retain_answers, *target.retain_questions]
     kept = []
-    for name in target.extracted:
+    for name in dict.fromkeys(n.strip() for n in target.extracted):
+        if name in given or not _identifying(name):
+            continue
         pattern = _name_matcher([name])  # as answers are read
         if not any(pattern.search(s) for s in retained) and sum(1 for s in negatives if pattern.search(s)) <= limit:
             kept.append(name)
-    return list(dict.fromkeys(given + kept))
+    context = _context_names(kept, given, target.forget_examples or target.forget_answers)
+    own = [n for n in kept if n not in context]
+    known = known_words()
+    parts = [p for n in given for p in _distinctive_parts(n)] + [p for n in own for p in _distinctive_parts(n, known)]
+    return given + own, list(dict.fromkeys(parts)), context
 
 
-def _heads(
-    targets: Sequence[AnswerTarget], lexicon: Lexicon, names: list[list[str]], train: list[str], labels: list[set[int]], negatives: list[str]
-) -> AnswerClassifier:
-    """Fit one head per target: its positives against everything else in ``train`` and the ``negatives``."""
-    probe = AnswerClassifier([t.id for t in targets], names, lexicon, np.zeros((len(targets), lexicon.size + 3 * len(targets))), np.zeros(len(targets)), 1.0)
+def _context_names(extracted: Sequence[str], given: Sequence[str], examples: Sequence[str]) -> list[str]:
+    """The extracted names that the forget ``examples`` only ever mention beside another, more often mentioned, name
+    of the target's: where it was born, what it wrote, its genre ("Cape Town", "Tel Aviv", "Contemporary Romance"
+    beside an author's name).
+
+    Such a name is context, not the target: other people's answers mention it too
+    (measured on TOFU validation splits: birthplaces shared with other authors opened the
+    name gate for all twenty of an author's answers). It counts as naming the target
+    only in an answer that names no one else.
+    """
+    names = list(dict.fromkeys([*given, *extracted]))
+    seen: dict[str, frozenset[int]] = {}
+    for name in names:
+        pattern = _name_matcher([name])
+        seen[name] = frozenset(k for k, text in enumerate(examples) if pattern.search(text))
+    return [n for n in extracted if seen[n] and any(m != n and n not in m and seen[n] < seen[m] for m in names)]
+
+
+def _identifying(name: str) -> bool:
+    """Whether an extracted name can identify its target alone: not a single word of the language.
+
+    Extraction finds the capitalised words the forget examples repeat, and beside the
+    target's own names those are places, nationalities, genres and professions ("Taiwan",
+    "Irish", "Lesbian", "Obstetrician"...) that other people's answers mention as well.
+    A single word in the bundled encoder's vocabulary (:func:`~eco_guard.canonical.known_words`)
+    is such a word; a surname that is one ("Park") still counts within its full name. For
+    the same reason the distinctive parts of an extracted name are its words outside that
+    vocabulary, while a name the policy gives keeps every part but everyday words.
+    """
+    words = name.split()
+    return len(words) > 1 or name.lower() not in known_words()
+
+
+def _heads(probe: AnswerClassifier, train: list[str], labels: list[set[int]], negatives: list[str]) -> AnswerClassifier:
+    """``probe`` with one head per target fitted: its positives against everything else in ``train`` and the ``negatives``."""
     texts = train + negatives
     feats = probe._features(texts)
     weights = np.zeros_like(probe.weights)
-    bias = np.zeros(len(targets))
-    for i in range(len(targets)):
+    bias = np.zeros(len(probe.target_ids))
+    for i in range(len(probe.target_ids)):
         y = np.array([int(i in lab) for lab in labels] + [0] * len(negatives))
         if y.min() == y.max():
             continue
         weights[i], bias[i] = fit_head(feats, y)
-    return AnswerClassifier(probe.target_ids, names, lexicon, weights, bias, 1.0)
+    return probe.with_heads(weights, bias, 1.0)
 
 
 def _cross_fitted(
-    targets: Sequence[AnswerTarget],
-    lexicon: Lexicon,
-    names: list[list[str]],
+    probe: AnswerClassifier,
     train: list[str],
     labels: list[set[int]],
     sources: dict[str, list[str]],
     folds: tuple[np.ndarray, dict[str, np.ndarray]],
-    canonical: Canonicalizer | None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """2-fold cross-fitted max scores of the positives and of each source of negatives:
     each half scored by heads fitted without it."""
@@ -310,8 +410,7 @@ def _cross_fitted(
         fold_train = [s for s, f in zip(train, pos_fold) if f != fold]
         fold_labels = [lab for lab, f in zip(labels, pos_fold) if f != fold]
         fold_negs = [s for name, v in sources.items() for s, f in zip(v, neg_fold[name]) if f != fold]
-        heads = _heads(targets, lexicon, names, fold_train, fold_labels, fold_negs)
-        heads = AnswerClassifier(heads.target_ids, names, lexicon, heads.weights, heads.bias, 1.0, canonical)
+        heads = _heads(probe, fold_train, fold_labels, fold_negs)
         held = [k for k, f in enumerate(pos_fold) if f == fold]
         if held:
             oof_pos[held] = heads.scores([train[k] for k in held]).max(axis=1)
@@ -346,11 +445,13 @@ def fit_answers(
         "retain answers": list(dict.fromkeys(a for t in targets for a in t.retain_answers)),
         "generic answer-like text": list(dict.fromkeys(generic_text)),
     }
-    names = [_own_names(t, [s for v in sources.values() for s in v]) for t in targets]
+    own = [_own_names(t, [s for v in sources.values() for s in v]) for t in targets]
+    names = [ns for ns, _, _ in own]
+    context = [cs for _, _, cs in own]
     positives = [list(dict.fromkeys([*t.forget_answers, *names[i]])) for i, t in enumerate(targets)]
     if not any(positives):
         raise UserError("the output stage needs forget answers (answer_field) or names (aliases, terms) of some target")
-    all_names = [n for ns in names for n in ns]
+    all_names = [n for ns in [*names, *context] for n in ns]
     mention = names_pattern(all_names) if all_names else None
     pos_set = {p for ps in positives for p in ps}
     sources = {k: [s for s in v if s not in pos_set and not (mention and mention.search(s))] for k, v in sources.items()}
@@ -361,14 +462,15 @@ def fit_answers(
     rng = np.random.default_rng(seed)
     folds = (rng.integers(0, 2, len(train)), {name: rng.integers(0, 2, len(v)) for name, v in sources.items()})
     lexicon = Lexicon.fit(train, train + negatives, LEXICAL_WEIGHT)
-    oof_pos, oof_neg = _cross_fitted(targets, lexicon, names, train, labels, sources, folds, canonical)
-    final = _heads(targets, lexicon, names, train, labels, negatives)
-    final = AnswerClassifier(final.target_ids, names, lexicon, final.weights, final.bias, 1.0, canonical)
+    n = len(targets)
+    probe = AnswerClassifier([t.id for t in targets], names, lexicon, np.zeros((n, lexicon.size + 3 * n)), np.zeros(n), 1.0, canonical, [ps for _, ps, _ in own], context)
+    oof_pos, oof_neg = _cross_fitted(probe, train, labels, sources, folds)
+    final = _heads(probe, train, labels, negatives)
     cal_scores = {name: s for name, s in oof_neg.items() if s.size}
     if calibration:
         cal_scores = {"calibration answers": final.scores(list(dict.fromkeys(calibration))).max(axis=1)}
     calibrated = joint_threshold(cal_scores, target_fpr, len(targets))
-    classifier = AnswerClassifier(final.target_ids, names, lexicon, final.weights, final.bias, calibrated.threshold, canonical)
+    classifier = final.with_heads(final.weights, final.bias, calibrated.threshold)
     report = AnswerFitReport(
         n_positive=len(train),
         n_negative=len(negatives),

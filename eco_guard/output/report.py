@@ -13,7 +13,10 @@ def output_section(classifier: AnswerClassifier, report: AnswerFitReport) -> dic
     """What the output stage trained on, its calibrated threshold and its held-out recall."""
     c = report.calibration
     return {
-        "targets": [{"id": t, "names": names} for t, names in zip(classifier.target_ids, classifier.names)],
+        "targets": [
+            {"id": t, "names": names, "context_names": context}
+            for t, names, context in zip(classifier.target_ids, classifier.names, classifier.context)
+        ],
         "n_positive": report.n_positive,
         "n_negative": report.n_negative,
         "threshold": c.threshold,
@@ -44,9 +47,12 @@ def add_output_section(out: Path, section: dict[str, Any]) -> None:
         "",
         f"Calibration: {section['calibration_note']}.",
         "",
-        "| target | names looked for in answers |",
-        "|---|---|",
-        *[f"| {t['id']} | {', '.join(t['names']) or '(none)'} |" for t in section["targets"]],
+        "| target | names looked for in answers | context names (count only in answers naming no one else) |",
+        "|---|---|---|",
+        *[
+            f"| {t['id']} | {', '.join(t['names']) or '(none)'} | {', '.join(t.get('context_names', [])) or '(none)'} |"
+            for t in section["targets"]
+        ],
     ]
     with (out / "report.md").open("a", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
