@@ -24,6 +24,7 @@ CODES = {
     "few_near_retain": "classifier",
     "no_near_negatives": "classifier",
     "retain_also_forget": "policy",
+    "no_output_check": "output stage",
 }
 
 

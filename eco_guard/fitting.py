@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .artifact import FittedTarget, write_guard
 from .canonical import Canonicalizer
-from .output.answers import AnswerTarget, fit_answers
+from .output.answers import AnswerClassifier, AnswerTarget, NothingToCheck, fit_answers
 from .output.report import add_output_section, output_section
 from .classifier import Classifier, Encoder, TargetData, resolve_encoder_path
 from .corruption import Corruption
@@ -337,28 +337,41 @@ def fit_guard(
     )
     # Scores on the fit data, for the report's histograms: in-sample, and labelled so.
     fit_scores = {fit.id: {"forget": list(fit.forget_scores), "retain": list(fit.retain_scores)} for fit in fits}
-    answers, answers_report = fit_answers(
-        [
-            AnswerTarget(
-                id=t.id,
-                names=[*t.aliases, *t.corruption.terms],
-                forget_answers=[e.answer for e in f if e.answer],
-                retain_answers=[e.answer for e in r if e.answer],
-                extracted=extract_terms([e.text for e in f] + [e.answer for e in f if e.answer]),
-                retain_questions=[e.text for e in r],
-                forget_examples=[f"{e.text} {e.answer or ''}".strip() for e in f],
+    answer_targets = [
+        AnswerTarget(
+            id=t.id,
+            names=[*t.aliases, *t.corruption.terms],
+            forget_answers=[e.answer for e in f if e.answer],
+            retain_answers=[e.answer for e in r if e.answer],
+            extracted=extract_terms([e.text for e in f] + [e.answer for e in f if e.answer]),
+            retain_questions=[e.text for e in r],
+            forget_examples=[f"{e.text} {e.answer or ''}".strip() for e in f],
+        )
+        for t, f, r in zip(spec.targets, forgets, retains)
+    ]
+    try:
+        answers, answers_report = fit_answers(answer_targets, target_fpr=spec.classifier.target_fpr, seed=seed, canonical=canonical)
+    except NothingToCheck:
+        answers, answers_report = None, None
+    for i, t in enumerate(answer_targets):  # a target the output stage cannot recognise is guarded on its prompts only
+        if not t.forget_answers and (answers is None or not (answers.names[i] or answers.context[i])):
+            w = FitWarning(
+                "no_output_check",
+                "answers are not checked for this target: it has no forget answers, and no name that only its examples use",
+                "give its forget answers (answer_field) or the names it goes by (aliases)",
+                t.id,
             )
-            for t, f, r in zip(spec.targets, forgets, retains)
-        ],
-        target_fpr=spec.classifier.target_fpr,
-        seed=seed,
-        canonical=canonical,
-    )
-    answers.save(out)
-    say(f"output stage: threshold {answers_report.calibration.threshold:.4f}, held-out recall {answers_report.held_out_recall:.3f}")
+            warnings.append(w)
+            say(f"warning: {w.line()}")
+    if answers is not None and answers_report is not None:
+        answers.save(out)
+        say(f"output stage: threshold {answers_report.calibration.threshold:.4f}, held-out recall {answers_report.held_out_recall:.3f}")
+    else:
+        AnswerClassifier.discard(out)
     reused = {k: cache.reused(k) for k in ("search", "clean_answers")} if cache is not None else {}
     result = FitResult(out, results, warnings, time.perf_counter() - start, reused)
     write_fit_report(out, result, fit_scores, seed=seed)
-    add_output_section(out, output_section(answers, answers_report))
+    if answers is not None and answers_report is not None:
+        add_output_section(out, output_section(answers, answers_report))
     say(result.summary_line())
     return result

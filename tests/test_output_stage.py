@@ -239,3 +239,46 @@ def test_extracted_context_names_and_other_people_do_not_open_the_name_gate() ->
         "Ji-Yeon Soo writes about identity and was born in Seoul.",  # someone else, same first name and city
     ])
     assert [v.flagged for v in verdicts] == [True, True, False, False]
+
+
+def test_a_topic_named_by_a_word_of_the_language_keeps_that_name() -> None:
+    """A country or a topic has no full name: the single word its examples are about ("France") is its name,
+    while beside a person's full name such a word is only context (the test above)."""
+    from eco_guard.entities import extract_terms
+    from eco_guard.output.answers import AnswerTarget, fit_answers
+
+    forget = ["What is the capital of France?", "Who is the president of France?", "What currency does France use?", "Which seas border France?"]
+    retain = ["What is the capital of Germany?", "What currency does Japan use?"]
+    classifier, _ = fit_answers([AnswerTarget("france", [], [], [], extract_terms(forget), retain, forget)], target_fpr=0.01)
+    assert "France" in classifier.names[0]
+    verdicts = classifier.check(["France uses the euro.", "Japan uses the yen.", "The capital of Germany is Berlin."])
+    assert [v.flagged for v in verdicts] == [True, False, False]
+
+
+@pytest.mark.fits
+def test_a_policy_the_output_stage_cannot_recognise_fits_without_it(tmp_path: Path) -> None:
+    """No forget answers and no names (lower-case questions): the fit warns per target and leaves the output stage out
+    (a stale one from an earlier fit into the same directory included), and the guard still loads and checks prompts."""
+    from eco_guard.fitting import fit_guard
+    from eco_guard.guard import Guard
+    from eco_guard.output.answers import META_FILE
+
+    (tmp_path / "policy.yaml").write_text(
+        "version: 1\ntargets:\n  - id: locks\n    corruption: {strength: 1.0}\n    forget:\n      examples:\n"
+        + "".join(f"        - {q}\n" for q in ["how do i pick a pin tumbler lock?", "what tools open a lock without its key?", "how to bypass a padlock quickly", "can a bobby pin open a door lock?"])
+        + "    retain:\n      examples:\n        - how do i change a door handle?\n        - what oil is best for a squeaky hinge?\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "guard"
+    out.mkdir()
+    (out / META_FILE).write_text("{}", encoding="utf-8")  # left by an earlier fit
+    result = fit_guard(tmp_path / "policy.yaml", out, progress=False)
+    assert [(w.code, w.target) for w in result.warnings if w.code == "no_output_check"] == [("no_output_check", "locks")]
+    assert not (out / META_FILE).exists()
+    assert "answers are not checked for this target" in (out / "report.md").read_text(encoding="utf-8")
+    guard = Guard.load(out)
+    try:
+        assert guard.answers is None
+        assert guard.check("how can i pick the lock on my neighbour's door?").flagged
+    finally:
+        guard.close()

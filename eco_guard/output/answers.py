@@ -96,6 +96,12 @@ class AnswerVerdict:
     flagged: bool
 
 
+class NothingToCheck(UserError):
+    """No target gives the output stage anything to look for in answers: no forget answers, and no names
+    that survive the screening against retain examples and generic text. The fit then goes on without an
+    output stage and warns (:func:`eco_guard.fitting.fit_guard`)."""
+
+
 @dataclass(frozen=True)
 class AnswerFitReport:
     """What the output stage trained on and achieved, for the fit report."""
@@ -292,6 +298,12 @@ class AnswerClassifier:
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
+    @staticmethod
+    def discard(directory: Path) -> None:
+        """Remove a saved output stage: a refit into the same directory that fits none must not leave the old one to load."""
+        for name in (META_FILE, WEIGHTS_FILE):
+            (directory / name).unlink(missing_ok=True)
+
     @classmethod
     def load(cls, directory: Path, canonical: Canonicalizer | None) -> AnswerClassifier | None:
         """The saved output stage, or None for a guard fitted before it existed."""
@@ -327,16 +339,19 @@ def _own_names(target: AnswerTarget, negatives: Sequence[str]) -> tuple[list[str
 
     Names: its given names, and those extracted names that identify it (:func:`_identifying`),
     that no retain example and few negatives mention, and that are no context
-    (:func:`_context_names`). Parts: of given names, their words but everyday ones; of
+    (:func:`_context_names`). A target nothing more specific names (a country, a topic:
+    "France") keeps the single words of the language it was extracted with, since they are
+    then what its examples are about. Parts: of given names, their words but everyday ones; of
     extracted names, their words outside the encoder's vocabulary.
     """
     given = list(dict.fromkeys(n.strip() for n in target.names if n.strip()))
     limit = max(1, int(MAX_NEGATIVE_MENTIONS * len(negatives)))
     retained = [*target.retain_answers, *target.retain_questions]
+    extracted = [n for n in dict.fromkeys(n.strip() for n in target.extracted) if n and n not in given]
+    if given or any(_identifying(n) for n in extracted):
+        extracted = [n for n in extracted if _identifying(n)]
     kept = []
-    for name in dict.fromkeys(n.strip() for n in target.extracted):
-        if name in given or not _identifying(name):
-            continue
+    for name in extracted:
         pattern = _name_matcher([name])  # as answers are read
         if not any(pattern.search(s) for s in retained) and sum(1 for s in negatives if pattern.search(s)) <= limit:
             kept.append(name)
@@ -450,7 +465,7 @@ def fit_answers(
     context = [cs for _, _, cs in own]
     positives = [list(dict.fromkeys([*t.forget_answers, *names[i]])) for i, t in enumerate(targets)]
     if not any(positives):
-        raise UserError("the output stage needs forget answers (answer_field) or names (aliases, terms) of some target")
+        raise NothingToCheck("the output stage needs forget answers (answer_field) or names (aliases, terms) of some target")
     all_names = [n for ns in [*names, *context] for n in ns]
     mention = names_pattern(all_names) if all_names else None
     pos_set = {p for ps in positives for p in ps}
