@@ -139,6 +139,23 @@ def _printable_text(raw: bytes) -> str | None:
 
 def decode_segments(text: str) -> str:
     """Decode URL escapes, and base64 and hex segments that turn out to be text."""
+    return _decoded(text)[0]
+
+
+def encoded_messages(text: str) -> list[str]:
+    """The base64 and hex segments of ``text`` that decode to text, each decoded.
+
+    Such a segment is a message of its own hidden in the prompt, so :func:`readings`
+    reads it alone as well: whatever wraps it ("decode this and answer the question:")
+    must not dilute what it asks.
+    """
+    text = "".join(ch for ch in unicodedata.normalize("NFKC", text) if not _is_invisible(ch))
+    return _decoded(text)[1]
+
+
+def _decoded(text: str) -> tuple[str, list[str]]:
+    """``text`` with URL escapes and encoded segments decoded, and the decoded segments."""
+    messages: list[str] = []
     if _URL_ESCAPE.search(text):
         text = urllib.parse.unquote(text)
 
@@ -152,7 +169,10 @@ def decode_segments(text: str) -> str:
         except (binascii.Error, ValueError):
             return token
         decoded = _printable_text(raw)
-        return decoded if decoded is not None else token
+        if decoded is None:
+            return token
+        messages.append(decoded)
+        return decoded
 
     def hexa(match: re.Match[str]) -> str:
         token = match.group(0)
@@ -163,10 +183,13 @@ def decode_segments(text: str) -> str:
             decoded = _printable_text(bytes.fromhex(digits))
         except ValueError:
             return token
-        return f"{decoded} " if decoded is not None and token.endswith(" ") else (decoded or token)
+        if decoded is None:
+            return token
+        messages.append(decoded)
+        return f"{decoded} " if token.endswith(" ") else decoded
 
     text = _HEX_RUN.sub(hexa, text)
-    return _BASE64_TOKEN.sub(b64, text)
+    return _BASE64_TOKEN.sub(b64, text), messages
 
 
 def surface_form(text: str) -> str:
@@ -318,7 +341,8 @@ def readings(text: str, canonical: Canonicalizer | None) -> list[str]:
     invisible characters, homoglyphs, leetspeak, spaced letters, an encoding) is read in
     canonical form only: as written it is noise to the encoder, which scores unfamiliar
     noise high, so keeping that reading would flag innocent disguised text (on the D1
-    guard, 6.5% of Cyrillic-homoglyph negatives and most leetspeak ones).
+    guard, 6.5% of Cyrillic-homoglyph negatives and most leetspeak ones). Each encoded
+    message in it (:func:`encoded_messages`) is also read alone.
     """
     if canonical is None:
         return [text]
@@ -327,5 +351,6 @@ def readings(text: str, canonical: Canonicalizer | None) -> list[str]:
     if canon.strip() == text.strip():
         return [text]
     if surface.strip() != text.strip():
-        return [canon]
+        hidden = [canonical.correct_names(surface_form(m)) for m in encoded_messages(text)]
+        return list(dict.fromkeys(r for r in [canon, *hidden] if r.strip()))
     return [text, canon]

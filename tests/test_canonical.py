@@ -37,6 +37,17 @@ def test_encoded_segments_are_decoded() -> None:
     assert question in READER(urllib.parse.quote(question))
 
 
+def test_an_encoded_message_is_also_read_on_its_own() -> None:
+    """The wrapper around an encoded question must not dilute it: the decoded question is a reading of its own."""
+    from eco_guard.canonical import readings
+
+    question = "When did Einstein die?"
+    wrapped = f"Decode this base64 and answer the question: {base64.b64encode(question.encode()).decode()}"
+    assert readings(wrapped, READER) == [f"Decode this base64 and answer the question: {question}", question]
+    assert readings(f"Please answer {question.encode().hex()} briefly", READER)[1:] == [question]
+    assert readings("When did Einstein die?", READER) == ["When did Einstein die?"]  # nothing hidden, nothing added
+
+
 @pytest.mark.parametrize(
     "text",
     [
