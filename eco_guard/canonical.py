@@ -137,24 +137,8 @@ def _printable_text(raw: bytes) -> str | None:
     return decoded
 
 
-def decode_segments(text: str) -> str:
-    """Decode URL escapes, and base64 and hex segments that turn out to be text."""
-    return _decoded(text)[0]
-
-
-def encoded_messages(text: str) -> list[str]:
-    """The base64 and hex segments of ``text`` that decode to text, each decoded.
-
-    Such a segment is a message of its own hidden in the prompt, so :func:`readings`
-    reads it alone as well: whatever wraps it ("decode this and answer the question:")
-    must not dilute what it asks.
-    """
-    text = "".join(ch for ch in unicodedata.normalize("NFKC", text) if not _is_invisible(ch))
-    return _decoded(text)[1]
-
-
 def _decoded(text: str) -> tuple[str, list[str]]:
-    """``text`` with URL escapes and encoded segments decoded, and the decoded segments."""
+    """``text`` with URL escapes, and base64 and hex segments that turn out to be text, decoded; and those segments."""
     messages: list[str] = []
     if _URL_ESCAPE.search(text):
         text = urllib.parse.unquote(text)
@@ -194,13 +178,23 @@ def _decoded(text: str) -> tuple[str, list[str]]:
 
 def surface_form(text: str) -> str:
     """Every policy-independent step: NFKC, invisibles removed, decoded, homoglyphs and leetspeak folded, letters joined."""
+    return _surface(text)[0]
+
+
+def _surface(text: str) -> tuple[str, list[str]]:
+    """:func:`surface_form`, and the base64 and hex segments it decoded (each decoded).
+
+    Such a segment is a message of its own hidden in the prompt, so :func:`readings`
+    reads it alone as well: whatever wraps it ("decode this and answer the question:")
+    must not dilute what it asks.
+    """
     text = unicodedata.normalize("NFKC", text)
     text = "".join(ch for ch in text if not _is_invisible(ch))
-    text = decode_segments(text)
+    text, messages = _decoded(text)
     text = fold_homoglyphs(text)
     text = join_spaced_letters(text)
     text = fold_leetspeak(text)
-    return re.sub(r"[ \t]{2,}", " ", text)
+    return re.sub(r"[ \t]{2,}", " ", text), messages
 
 
 @lru_cache(maxsize=1)
@@ -342,15 +336,15 @@ def readings(text: str, canonical: Canonicalizer | None) -> list[str]:
     canonical form only: as written it is noise to the encoder, which scores unfamiliar
     noise high, so keeping that reading would flag innocent disguised text (on the D1
     guard, 6.5% of Cyrillic-homoglyph negatives and most leetspeak ones). Each encoded
-    message in it (:func:`encoded_messages`) is also read alone.
+    message in it (see :func:`_surface`) is also read alone.
     """
     if canonical is None:
         return [text]
-    surface = surface_form(text)
+    surface, messages = _surface(text)
     canon = canonical.correct_names(surface)
     if canon.strip() == text.strip():
         return [text]
     if surface.strip() != text.strip():
-        hidden = [canonical.correct_names(surface_form(m)) for m in encoded_messages(text)]
+        hidden = [canonical.correct_names(surface_form(m)) for m in messages]
         return list(dict.fromkeys(r for r in [canon, *hidden] if r.strip()))
     return [text, canon]

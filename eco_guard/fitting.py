@@ -350,9 +350,10 @@ def fit_guard(
         for t, f, r in zip(spec.targets, forgets, retains)
     ]
     try:
-        answers, answers_report = fit_answers(answer_targets, target_fpr=spec.classifier.target_fpr, seed=seed, canonical=canonical)
+        output = fit_answers(answer_targets, target_fpr=spec.classifier.target_fpr, seed=seed, canonical=canonical)
     except NothingToCheck:
-        answers, answers_report = None, None
+        output = None
+    answers = output[0] if output is not None else None
     for i, t in enumerate(answer_targets):  # a target the output stage cannot recognise is guarded on its prompts only
         if not t.forget_answers and (answers is None or not (answers.names[i] or answers.context[i])):
             w = FitWarning(
@@ -363,15 +364,16 @@ def fit_guard(
             )
             warnings.append(w)
             say(f"warning: {w.line()}")
-    if answers is not None and answers_report is not None:
-        answers.save(out)
-        say(f"output stage: threshold {answers_report.calibration.threshold:.4f}, held-out recall {answers_report.held_out_recall:.3f}")
+    if output is not None:
+        stage, stage_report = output
+        stage.save(out)
+        say(f"output stage: threshold {stage_report.calibration.threshold:.4f}, held-out recall {stage_report.held_out_recall:.3f}")
     else:
         AnswerClassifier.discard(out)
     reused = {k: cache.reused(k) for k in ("search", "clean_answers")} if cache is not None else {}
     result = FitResult(out, results, warnings, time.perf_counter() - start, reused)
     write_fit_report(out, result, fit_scores, seed=seed)
-    if answers is not None and answers_report is not None:
-        add_output_section(out, output_section(answers, answers_report))
+    if output is not None:
+        add_output_section(out, output_section(*output))
     say(result.summary_line())
     return result
