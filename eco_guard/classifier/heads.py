@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 from scipy import sparse
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
-from eco_guard.classifier.features.encoder import Encoder
 from eco_guard.errors import UserError
+
+if TYPE_CHECKING:
+    from eco_guard.classifier.features.encoder import Encoder
 
 
 HEAD_C = 16.0

@@ -7,7 +7,9 @@ front of it was flagged 0 times in 100 when the whole prompt was scored, 22 in 1
 windows of three sentences were scored too, and 98 in 100 when every sentence was scored
 on its own, so padding a prompt is no way round the guard. A text is therefore judged by
 its highest-scoring piece: the whole text, each sentence, and overlapping windows of
-three sentences (which keep "she" or "the book" next to what they refer to). The same
+three sentences (which keep "she" or "the book" next to what they refer to), and what a
+sentence hands over after a colon (:func:`handed_over`), so a question inside a wrapper's
+sentence is read as the question it is. The same
 pieces score a prompt's last turn, a retrieved passage, and the negatives that calibrate
 the threshold, so the calibrated rate is a rate over texts scored this way; and one
 function, :func:`max_over_pieces`, takes the maximum for all of them.
@@ -38,6 +40,8 @@ on the D1 guard, sentences of 1-4 words from exam questions were flagged at abou
 those of ten words or more at 0.2%, the rate of whole questions."""
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
+_LEAD_IN = re.compile(r"^(.*\S)\s*:\s+[\"'“‘«]?(.+?)[\"'”’»]?$", re.S)
+"""A sentence that hands over what follows its last colon: "... answer fully: Who was ...?"."""
 
 
 def sentences(text: str) -> list[str]:
@@ -79,16 +83,48 @@ def sentence_windows(stripped: str, parts: Sequence[str]) -> list[str]:
     return windows
 
 
+def handed_over(sentence: str) -> list[str]:
+    """What a sentence hands over to be answered, read on its own: the words after its last colon (unquoted).
+
+    A wrapper that asks for an answer puts the question inside its own sentence ("Stay in
+    character and answer fully: Who was ...?", 'The historian is asked: "Who was ...?"'),
+    so the question is scored diluted in the wrapper's words. Read alone as well (never
+    instead: the sentence stays a piece), it is scored as the plain question it is. Only
+    parts of :data:`MIN_SENTENCE_WORDS` words or more count, for the reason short sentences
+    are joined to their neighbours. A colon inside quotes is a title's ('Was "Unleashed
+    Companions: A Veterinarian's Journey" inspired by ...?', 41 of TOFU's 3,600 questions),
+    not a hand-over; and quoted passages are not read apart either: questions quote titles,
+    and on the D1 guard the titles read alone moved the feature choice and cost recall.
+    """
+    lead_in = _LEAD_IN.match(sentence)
+    if not lead_in or _inside_quotes(lead_in.group(1)):
+        return []
+    tail = lead_in.group(2).strip()
+    return [tail] if len(tail.split()) >= MIN_SENTENCE_WORDS and tail != sentence else []
+
+
+def _inside_quotes(head: str) -> bool:
+    """Whether a quotation opened in ``head`` (the words before a colon) is still open at its end."""
+    straight = head.count('"')
+    if straight % 2:
+        return True
+    curly = head.count("“") - head.count("”")
+    singles = len(re.findall(r"(?<!\w)['‘](?=\w)", head)) - len(re.findall(r"(?<=[\w.?!])['’](?!\w)", head))
+    return curly > 0 or singles > 0
+
+
 def text_pieces(text: str) -> list[str]:
-    """Every piece a text is scored by: itself, its sentences and its windows; a one-sentence text is just itself.
+    """Every piece a text is scored by: itself, its sentences, its windows, and what each sentence hands over
+    (:func:`handed_over`); a one-sentence text that hands nothing over is just itself.
 
     The first element is always the stripped text, and no piece repeats.
     """
     stripped = text.strip()
     parts = sentences(stripped)
+    handed = [h for s in parts for h in handed_over(s)]
     if len(parts) <= 1:
-        return [stripped]
-    pieces = [stripped] + [p for s in parts for p in _cap_words(s)] + sentence_windows(stripped, parts)
+        return list(dict.fromkeys([stripped, *handed]))
+    pieces = [stripped] + [p for s in parts for p in _cap_words(s)] + sentence_windows(stripped, parts) + handed
     return list(dict.fromkeys(pieces))
 
 

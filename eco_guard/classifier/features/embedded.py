@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
-from eco_guard.classifier.features.encoder import Encoder
 from eco_guard.classifier.features.feature_cache import corpus_features
 from eco_guard.classifier.heads import unique_texts
+
+if TYPE_CHECKING:
+    from eco_guard.classifier.features.encoder import Encoder
+
 
 _EMBED_CHUNK = 256
 """Texts per progress-bar step while fitting; large enough to keep the encoder batched."""

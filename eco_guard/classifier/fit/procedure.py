@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Required, TypedDict
+from typing import TYPE_CHECKING, Required, TypedDict
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -23,7 +23,6 @@ from eco_guard.canonical import Canonicalizer
 from eco_guard.classifier.calibration import Calibration
 from eco_guard.classifier.calibration_groups import fit_groups, probe_neighbourhoods
 from eco_guard.classifier.features.embedded import Embedded
-from eco_guard.classifier.features.encoder import Encoder
 from eco_guard.classifier.features.lexical import Lexicon
 from eco_guard.classifier.fit.core import CoreFit, fit_core
 from eco_guard.classifier.fit.held_out import (
@@ -48,6 +47,9 @@ from eco_guard.classifier.negatives.swaps import (
     without_mentions,
 )
 from eco_guard.errors import UserError
+
+if TYPE_CHECKING:
+    from eco_guard.classifier.features.encoder import Encoder
 
 
 @dataclass(frozen=True)

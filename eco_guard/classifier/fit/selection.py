@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +35,33 @@ heads to the examples' exact words (the France/Python test policy: 3 of 7 reword
 missed at 2, none at 1), and topic-like targets lose recall (WMDP 0.92 -> 0.89). One
 fixed weight cannot serve all three, so :func:`select_features` measures which suits the
 policy; 1.0, listed first, wins ties."""
+
+
+PARALLEL_MIN_SECONDS = 6.0
+"""Feature-choice work (the first fold fit's time, times the folds left) above which the rest
+run in worker processes. Starting a worker costs about a second and a half (a fresh
+interpreter importing numpy, scipy and scikit-learn), so a small policy, whose whole
+choice takes a second or two, stays in this process."""
+
+WORKERS_ENV = "ECO_GUARD_FIT_WORKERS"
+"""Environment variable capping the worker processes of the feature choice (1: none)."""
+
+
+def fit_workers() -> int:
+    """How many processes the feature choice may use: the CPUs this process may run on, or :data:`WORKERS_ENV`.
+
+    The fold fits are independent and spend their time in scikit-learn's L-BFGS and scipy's
+    sparse products, which hold the GIL: threads gave nothing (warm D3, 29.9 s against 30.9 s
+    serial), processes do.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    raw = os.environ.get(WORKERS_ENV, "").strip()
+    if raw:
+        try:
+            return max(1, min(int(raw), cpus))
+        except ValueError:
+            return cpus
+    return cpus
 
 
 @dataclass(frozen=True)
@@ -105,28 +134,69 @@ def select_features(
         judged = f"the forget lists of {SELECTION_TARGETS} of the {len(targets)} targets, drawn at random"
         targets = [targets[i] for i in drawn]
     folds = forget_folds(targets, swaps)
-    recall: dict[Candidate, float] = {}
     candidates = [Candidate(view, weight) for weight in LEXICAL_WEIGHTS for view in views] + [NO_LEXICAL]
-    bar = tqdm(total=len(candidates) * len(folds), desc="choosing features", unit="fit", disable=not progress, file=sys.stderr)
+    jobs = [(candidate, fold) for candidate in candidates for fold in folds]
+    hits: dict[Candidate, int] = dict.fromkeys(candidates, 0)
+    shared = (row_of, texts, split, target_fpr, overlapping, groups)
+    bar = tqdm(total=len(jobs), desc="choosing features", unit="fit", disable=not progress, file=sys.stderr)
     with bar:
-        for candidate in candidates:
-            hits = total = 0
-            for kept, held in folds:
-                core = fit_core(
-                    kept, views[candidate.view], row_of, texts, split, target_fpr, candidate.lexical_weight,
-                    overlapping=overlapping, estimate=False, groups=groups,
-                )
-                rows = [row_of[s] for s in held]
-                hits += int(np.sum(core.scores[rows].max(axis=1) > core.calibration.threshold))
-                total += len(rows)
-                bar.update()
-            recall[candidate] = hits / total
+        for (candidate, _), n in zip(jobs, _fold_hits_all(jobs, views, shared)):
+            hits[candidate] += n
+            bar.update()
+    total = sum(len(held) for _, held in folds)
+    recall = {c: hits[c] / total for c in candidates}
     chosen = max(recall, key=lambda c: recall[c])  # the first of equals: the simplest
     shown = ", ".join(f"{c.name} {r:.3f}" for c, r in recall.items())
     return chosen, (
         f"{chosen.name} features, chosen by recall on held-out forget examples at the calibrated threshold "
         f"(2-fold over {judged}: {shown})"
     )
+
+
+def _fold_hits(
+    feats: np.ndarray,
+    lexical_weight: float,
+    kept: list[TargetData],
+    held: list[str],
+    row_of: dict[str, int],
+    texts: list[str],
+    split: NegativeSplit,
+    target_fpr: float,
+    overlapping: frozenset[tuple[int, int]],
+    groups: Groups | None,
+) -> int:
+    """How many of the ``held`` forget examples one candidate's heads, fitted on ``kept``, flag at their calibrated threshold."""
+    core = fit_core(kept, feats, row_of, texts, split, target_fpr, lexical_weight, overlapping=overlapping, estimate=False, groups=groups)
+    rows = [row_of[s] for s in held]
+    return int(np.sum(core.scores[rows].max(axis=1) > core.calibration.threshold))
+
+
+def _fold_hits_all(
+    jobs: list[tuple[Candidate, tuple[list[TargetData], list[str]]]], views: dict[FeatureView, np.ndarray], shared: tuple
+) -> Iterator[int]:
+    """:func:`_fold_hits` of every (candidate, fold) job, in order: the first here, the rest in worker processes
+    when they are worth starting (:data:`PARALLEL_MIN_SECONDS`, :func:`fit_workers`).
+
+    Every job is the same computation wherever it runs, so the choice does not depend on
+    how many processes made it.
+    """
+    def call(job: tuple[Candidate, tuple[list[TargetData], list[str]]]) -> tuple:
+        candidate, (kept, held) = job
+        return (views[candidate.view], candidate.lexical_weight, kept, held, *shared)
+
+    if not jobs:
+        return
+    start = time.perf_counter()
+    yield _fold_hits(*call(jobs[0]))
+    rest = jobs[1:]
+    workers = min(fit_workers(), len(rest))
+    if workers < 2 or (time.perf_counter() - start) * len(rest) < PARALLEL_MIN_SECONDS:
+        for job in rest:
+            yield _fold_hits(*call(job))
+        return
+    from joblib import Parallel, delayed  # scikit-learn's own dependency; loky workers are reused across fits
+
+    yield from Parallel(n_jobs=workers, return_as="generator")(delayed(_fold_hits)(*call(job)) for job in rest)
 
 
 def forget_folds(targets: list[TargetData], swaps: Sequence[Swaps] = ()) -> list[tuple[list[TargetData], list[str]]]:

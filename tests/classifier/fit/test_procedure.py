@@ -154,6 +154,48 @@ def test_fit_is_deterministic_per_seed(encoder: Encoder, targets: list[TargetDat
 
 
 @pytest.mark.fits
+def test_the_feature_choice_is_the_same_in_worker_processes(
+    encoder: Encoder, targets: list[TargetData], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fold fits of the feature choice may run in other processes; what they find must not depend on it."""
+    from eco_guard.classifier.fit import selection
+
+    bg = background_prompts()[::4]
+    monkeypatch.setenv(selection.WORKERS_ENV, "1")
+    alone, alone_fits = Classifier.fit(encoder, targets, target_fpr=0.05, seed=7, background=bg, progress=False)
+    monkeypatch.setenv(selection.WORKERS_ENV, "2")
+    monkeypatch.setattr(selection, "PARALLEL_MIN_SECONDS", 0.0)  # start workers however small the work
+    import joblib
+
+    pools: list[int] = []
+
+    class Counted(joblib.Parallel):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pools.append(kwargs["n_jobs"])  # type: ignore[arg-type]
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(joblib, "Parallel", Counted)
+    pooled, pooled_fits = Classifier.fit(encoder, targets, target_fpr=0.05, seed=7, background=bg, progress=False)
+    if len(__import__("os").sched_getaffinity(0)) > 1:
+        assert pools == [2]  # the folds after the first ran in two worker processes
+    assert pooled_fits[0].view_note == alone_fits[0].view_note
+    np.testing.assert_array_equal(pooled.weights, alone.weights)
+    np.testing.assert_array_equal(pooled.thresholds, alone.thresholds)
+
+
+def test_fit_workers_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eco_guard.classifier.fit import selection
+
+    cpus = len(__import__("os").sched_getaffinity(0))
+    monkeypatch.setenv(selection.WORKERS_ENV, "1")
+    assert selection.fit_workers() == 1
+    monkeypatch.setenv(selection.WORKERS_ENV, "64")
+    assert selection.fit_workers() == cpus
+    monkeypatch.delenv(selection.WORKERS_ENV)
+    assert selection.fit_workers() == cpus
+
+
+@pytest.mark.fits
 def test_fit_rejects_bad_targets(encoder: Encoder) -> None:
     with pytest.raises(UserError, match="at least one target"):
         Classifier.fit(encoder, [], target_fpr=0.01, progress=False)
