@@ -107,18 +107,39 @@ def join_spaced_letters(text: str) -> str:
     return re.sub(r"(?<=\w) - (?=\w)", "-", joined) if joined != text else joined
 
 
-def fold_leetspeak(text: str) -> str:
-    """Read digits and symbols inside words as the letters they stand for ("3inst3in" -> "einstein")."""
+LEET_TEXT_SHARE = 0.25
+"""Share of a text's words written in leetspeak (at least two) from which the text is read as
+leetspeak throughout: its capitalised codes ("H5140") and lone digits ("4" for "a") are
+folded too. One such word in ordinary text ("l33t", "B2B") leaves codes and numbers alone."""
 
-    def fold(match: re.Match[str]) -> str:
+_LONE_LETTER = {"4": "a", "1": "I"}
+"""The one-letter English words, as leetspeak writes them."""
+
+
+def fold_leetspeak(text: str) -> str:
+    """Read digits and symbols inside words as the letters they stand for ("3inst3in" -> "einstein").
+
+    A capitalised code ("H2O", "MP3") and a lone digit are left as they are, unless the
+    text is written in leetspeak throughout (:data:`LEET_TEXT_SHARE`): there "H5140" is a
+    name and "4" the article.
+    """
+    folded_words = 0
+
+    def fold(match: re.Match[str], *, codes: bool = False) -> str:
+        nonlocal folded_words
         word = match.group(0)
-        if word.isalpha() or _ORDINAL_OR_CODE.match(word):
+        if word.isalpha() or (_ORDINAL_OR_CODE.match(word) and not codes):
             return word
         if not any(ch.isalpha() for ch in word) or any(ch in "26" for ch in word):
             return word  # 2 and 6 stand for no letter: an id, a hash or a quantity, not a word
+        folded_words += 1
         return word.translate(_LEET)
 
     folded = _LEET_WORD.sub(fold, text)
+    words = len(text.split())
+    if folded_words >= 2 and folded_words >= LEET_TEXT_SHARE * words:
+        folded = _LEET_WORD.sub(lambda m: fold(m, codes=True), folded)
+        folded = re.sub(r"(?<![\w@$.,])[41](?![\w@$.,%])", lambda m: _LONE_LETTER[m.group(0)], folded)
     # A possessive's s after the apostrophe ("Yun-Hw4'5") is a word of its own to the pattern above.
     return re.sub(r"(?<=[A-Za-z])(['’])5(?![\w@$])", r"\1s", folded) if folded != text else folded
 
@@ -241,12 +262,25 @@ def _is_known(word: str) -> bool:
 def max_typos(length: int) -> int:
     """Edits a word of ``length`` letters may be away from a name and still be read as it.
 
-    Short words are never corrected: one edit from a four-letter name reaches too many
-    real words. Transpositions count as one edit (optimal string alignment distance).
+    Words under four letters are never corrected: one edit from them reaches too many
+    words. Transpositions count as one edit (optimal string alignment distance). Only
+    misspelt words are corrected at all (never a known word), so a four-letter typo
+    ("wrok", "whta") gets one edit, into a four-letter everyday word only (see
+    :data:`SHORT_WORD`).
     """
-    if length < 5:
+    if length < 4:
         return 0
     return 1 if length < 8 else 2
+
+
+SHORT_WORD = 4
+"""Length of the forget examples' shortest words a typo is read back into, when they are everyday
+words (of the bundled everyday prompts: "what", "born", "book"): a typo in a short word of a
+question changes its word pieces as much as one in a long word. Other short words are not,
+names above all: one edit from "Xiao" is "Jiao", another person, and the encoder's
+vocabulary knows both as words. A four-letter misspelling is read back only into such a
+word, and never when capitalised: on the D3 guard, reading the name "Hina" (one letter
+from "China") as a word made every leetspeak question about her pass."""
 
 
 @dataclass(frozen=True)
@@ -266,13 +300,16 @@ class Canonicalizer:
     fitted on, and those are these; other words are left as written."""
     _vocabulary: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _spelling: dict[str, str] = field(init=False, repr=False, compare=False)
+    _short: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # A word of a name is written back as the name writes it ("einstien" -> "Einstein").
         spelling = {w.lower(): w for n in self.names for w in _COMPOUND.findall(surface_form(n)) if len(w) >= 5}
         spelling.update({w.replace("-", "").lower(): w for w in list(spelling.values()) if "-" in w})
-        words = set(spelling) | {w.lower() for w in self.words if len(w) >= 5}
+        short = {w.lower() for w in self.words if len(w) == SHORT_WORD and w.lower() in everyday_words()}
+        words = set(spelling) | short | {w.lower() for w in self.words if len(w) > SHORT_WORD}
         object.__setattr__(self, "_vocabulary", tuple(sorted(words)))
+        object.__setattr__(self, "_short", tuple(sorted(short)))
         object.__setattr__(self, "_spelling", spelling)
 
     @classmethod
@@ -282,7 +319,7 @@ class Canonicalizer:
     @classmethod
     def for_policy(cls, names: Iterable[str], forget_texts: Iterable[str]) -> Canonicalizer:
         """The reader of one policy: its targets' names, and the words of its forget examples."""
-        return cls.from_names(names, (w.lower() for t in forget_texts for w in _WORD.findall(surface_form(t)) if len(w) >= 5))
+        return cls.from_names(names, (w.lower() for t in forget_texts for w in _WORD.findall(surface_form(t)) if len(w) >= SHORT_WORD))
 
     def __call__(self, text: str) -> str:
         """The canonical form of ``text`` (``text`` itself when nothing was disguised)."""
@@ -305,7 +342,14 @@ class Canonicalizer:
             return self._spelling[lower] + found[len(stem) :]
         if lower in self._vocabulary:
             return found
-        best = extractOne(lower, self._vocabulary, scorer=OSA.distance, score_cutoff=limit)
+        if len(lower) == SHORT_WORD:
+            # A four-letter misspelling is read only as a four-letter everyday word, and never when
+            # capitalised: such a word is most often a name ("Hina" is one letter from "China").
+            if stem[:1].isupper():
+                return found
+            best = extractOne(lower, self._short, scorer=OSA.distance, score_cutoff=limit)
+        else:
+            best = extractOne(lower, self._vocabulary, scorer=OSA.distance, score_cutoff=limit)
         if best is None:
             return found
         fixed = self._spelling.get(best[0]) or (best[0].capitalize() if stem[:1].isupper() else best[0])

@@ -70,7 +70,17 @@ def test_everyday_words_are_never_corrected_into_a_name() -> None:
     # turn every "Paris"-like word into the name; known words stay.
     reader = Canonicalizer.from_names(["Mark Spencer"])
     assert reader("Which park is the largest?") == "Which park is the largest?"
-    assert max_typos(4) == 0 and max_typos(6) == 1 and max_typos(9) == 2
+    assert max_typos(3) == 0 and max_typos(4) == 1 and max_typos(6) == 1 and max_typos(9) == 2
+
+
+def test_typos_in_the_forget_examples_short_everyday_words_are_read_back() -> None:
+    reader = Canonicalizer.for_policy(["Xiao Li", "Jaime Vasquez"], ["What is the major work of Jaime Vasquez?", "Where was Xiao Li born?"])
+    assert reader("whhat is the majorr wrok of Jaime Vasqeuz?") == "what is the major work of Jaime Vasquez?"
+    # a capitalised four-letter word is most often a name: never read as another word ("Hina" is not "China")
+    china = Canonicalizer.for_policy(["Hina Ameen"], ["Was Hina Ameen born in China?"])
+    assert china("Where was Hina Ameen bron?") == "Where was Hina Ameen born?"
+    # a short name is no everyday word: another person one edit away stays who they are
+    assert reader("Where was Jiao Li bron?") == "Where was Jiao Li born?"
 
 
 def test_scored_pieces_read_disguised_text_canonically_and_typos_both_ways() -> None:
@@ -108,6 +118,13 @@ def test_typos_in_names_and_forget_words_but_never_in_real_words() -> None:
     assert reader("Has Yun-wa written more?") == "Has Yun-Hwa written more?"
     # "faced" is a real word one edit from nothing here, and a compound of real words stays
     assert reader("She faced a well-known critic.") == "She faced a well-known critic."
+
+
+def test_a_text_in_leetspeak_throughout_folds_its_codes_and_lone_digits_too() -> None:
+    assert surface_form("Wh4t 1s th3 m05t f4m0u5 b00k 0f H5140 Yun-Hw4?") == "What is the most famous book of Hsiao Yun-Hwa?"
+    assert surface_form("Wh3r3 d1d sh3 l1v3 1n 1990 4nd 4 y34r?") == "Where did she live in 1990 and a year?"
+    # one leetspeak word in ordinary text: codes and numbers stay
+    assert surface_form("My l33t friend has 4 cats and an MP3 player.") == "My leet friend has 4 cats and an MP3 player."
 
 
 def test_leetspeak_possessive() -> None:
