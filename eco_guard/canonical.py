@@ -114,6 +114,7 @@ folded too. One such word in ordinary text ("l33t", "B2B") leaves codes and numb
 
 _LONE_LETTER = {"4": "a", "1": "I"}
 """The one-letter English words, as leetspeak writes them."""
+_LONE_DIGIT = re.compile(r"(?<![\w@$.,])[41](?![\w@$.,%])")
 
 
 def fold_leetspeak(text: str) -> str:
@@ -139,7 +140,7 @@ def fold_leetspeak(text: str) -> str:
     words = len(text.split())
     if folded_words >= 2 and folded_words >= LEET_TEXT_SHARE * words:
         folded = _LEET_WORD.sub(lambda m: fold(m, codes=True), folded)
-        folded = re.sub(r"(?<![\w@$.,])[41](?![\w@$.,%])", lambda m: _LONE_LETTER[m.group(0)], folded)
+        folded = _LONE_DIGIT.sub(lambda m: _LONE_LETTER[m.group(0)], folded)
     # A possessive's s after the apostrophe ("Yun-Hw4'5") is a word of its own to the pattern above.
     return re.sub(r"(?<=[A-Za-z])(['’])5(?![\w@$])", r"\1s", folded) if folded != text else folded
 

@@ -42,6 +42,9 @@ those of ten words or more at 0.2%, the rate of whole questions."""
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 _LEAD_IN = re.compile(r"^(.*\S)\s*:\s+[\"'“‘«]?(.+?)[\"'”’»]?$", re.S)
 """A sentence that hands over what follows its last colon: "... answer fully: Who was ...?"."""
+_OPENING_SINGLE = re.compile(r"(?<!\w)['‘](?=\w)")
+_CLOSING_SINGLE = re.compile(r"(?<=[\w.?!])['’](?!\w)")
+"""Single quotes that open or close a quotation; an apostrophe inside a word ("Dragon's") is neither."""
 
 
 def sentences(text: str) -> list[str]:
@@ -109,7 +112,7 @@ def _inside_quotes(head: str) -> bool:
     if straight % 2:
         return True
     curly = head.count("“") - head.count("”")
-    singles = len(re.findall(r"(?<!\w)['‘](?=\w)", head)) - len(re.findall(r"(?<=[\w.?!])['’](?!\w)", head))
+    singles = len(_OPENING_SINGLE.findall(head)) - len(_CLOSING_SINGLE.findall(head))
     return curly > 0 or singles > 0
 
 

@@ -16,6 +16,7 @@ from eco_guard.classifier.fit.core import fit_core
 from eco_guard.classifier.fit.held_out import NegativeSplit
 from eco_guard.classifier.heads import FeatureView, TargetData, unique_texts
 from eco_guard.classifier.negatives.swaps import Swaps, with_copies
+from eco_guard.errors import UserError
 
 SELECTION_TARGETS = 20
 """Most targets :func:`select_features` fits; a larger policy is judged on this many, drawn
@@ -56,12 +57,11 @@ def fit_workers() -> int:
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     raw = os.environ.get(WORKERS_ENV, "").strip()
-    if raw:
-        try:
-            return max(1, min(int(raw), cpus))
-        except ValueError:
-            return cpus
-    return cpus
+    if not raw:
+        return cpus
+    if not raw.isdigit() or int(raw) < 1:
+        raise UserError(f"environment variable {WORKERS_ENV}={raw!r}: expected a whole number of worker processes, 1 or more")
+    return min(int(raw), cpus)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -176,7 +177,7 @@ def test_the_feature_choice_is_the_same_in_worker_processes(
 
     monkeypatch.setattr(joblib, "Parallel", Counted)
     pooled, pooled_fits = Classifier.fit(encoder, targets, target_fpr=0.05, seed=7, background=bg, progress=False)
-    if len(__import__("os").sched_getaffinity(0)) > 1:
+    if len(os.sched_getaffinity(0)) > 1:
         assert pools == [2]  # the folds after the first ran in two worker processes
     assert pooled_fits[0].view_note == alone_fits[0].view_note
     np.testing.assert_array_equal(pooled.weights, alone.weights)
@@ -186,13 +187,17 @@ def test_the_feature_choice_is_the_same_in_worker_processes(
 def test_fit_workers_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from eco_guard.classifier.fit import selection
 
-    cpus = len(__import__("os").sched_getaffinity(0))
+    cpus = len(os.sched_getaffinity(0))
     monkeypatch.setenv(selection.WORKERS_ENV, "1")
     assert selection.fit_workers() == 1
     monkeypatch.setenv(selection.WORKERS_ENV, "64")
     assert selection.fit_workers() == cpus
     monkeypatch.delenv(selection.WORKERS_ENV)
     assert selection.fit_workers() == cpus
+    for bad in ("two", "0", "-1"):
+        monkeypatch.setenv(selection.WORKERS_ENV, bad)
+        with pytest.raises(UserError, match=selection.WORKERS_ENV):
+            selection.fit_workers()
 
 
 @pytest.mark.fits
